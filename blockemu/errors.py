@@ -1,0 +1,83 @@
+"""Errors of the array, shared by the server (which sends them) and the client
+(which raises them again), so a caller sees the same exception either way.
+
+Each class carries the wire :class:`~formats.wire.Status` it travels as.
+"""
+
+from __future__ import annotations
+
+from formats.wire import Status
+
+
+class ArrayError(Exception):
+    """Base of every error the array reports; ``str()`` is the full message."""
+
+    status: Status = Status.INTERNAL
+
+
+class StaleIdentity(ArrayError):
+    """I/O named a PVID that is no longer the volume's: the host's buffer is stale."""
+
+    status = Status.STALE_PVID
+
+
+class NoSuchVolume(ArrayError):
+    status = Status.NO_SUCH_LDEV
+
+
+class OutOfRange(ArrayError):
+    status = Status.OUT_OF_RANGE
+
+
+class BadRequest(ArrayError):
+    status = Status.BAD_REQUEST
+
+
+class TooLarge(ArrayError):
+    status = Status.TOO_LARGE
+
+
+class VolumeExists(ArrayError):
+    status = Status.EXISTS
+
+
+class CorruptVolume(ArrayError):
+    status = Status.CORRUPT_VOLUME
+
+
+class VolumeIOError(ArrayError):
+    status = Status.IO_ERROR
+
+
+class Unsupported(ArrayError):
+    status = Status.UNSUPPORTED
+
+
+class StoreLocked(Exception):
+    """Another process owns the array root."""
+
+
+_BY_STATUS = {
+    cls.status: cls
+    for cls in (
+        ArrayError,
+        StaleIdentity,
+        NoSuchVolume,
+        OutOfRange,
+        BadRequest,
+        TooLarge,
+        VolumeExists,
+        CorruptVolume,
+        VolumeIOError,
+        Unsupported,
+    )
+}
+
+
+def error_for_status(status: int, message: str) -> ArrayError:
+    """The exception a response with *status* stands for."""
+    try:
+        cls = _BY_STATUS[Status(status)]
+    except ValueError:
+        return ArrayError(f"array answered with unknown status {status}: {message}")
+    return cls(message)

@@ -1,0 +1,1 @@
+"""nodeagent: the cluster program of one host (DESIGN.md section 4)."""
