@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import trio
@@ -63,6 +64,17 @@ EPILOG = "exit codes: " + ", ".join(f"{v} {k}" for k, v in EXIT_CODES.items())
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+def out_console() -> Console:
+    """stdout; piped output gets room to spare so tables are never truncated."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def when(ns: int) -> str:
+    if not ns:
+        return "never"
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="seconds")
+
+
 def fail(exc: BaseException) -> NoReturn:
     for cls, name in _EXIT_BY_ERROR:
         if isinstance(exc, cls):
@@ -106,7 +118,7 @@ def print_volumes(headers: list[VolumeHeader], broken: dict[str, str]) -> None:
             pair_text(h),
             str(h.generation),
         )
-    Console().print(table)
+    out_console().print(table)
     for name, why in broken.items():
         err_console.print(f"[yellow]unreadable volume file {name}:[/] {why}", highlight=False)
 
@@ -124,11 +136,13 @@ def print_volume(h: VolumeHeader) -> None:
         ("generation", d["generation"]),
         ("size", f"{format_size(h.info.size)} ({h.info.size} bytes)"),
     ]
+    info["created"] = when(h.info.created)
+    pair["split_time"] = when(h.pair.split_time)
     rows += [(k, v) for k, v in info.items() if k != "size"]
     rows += [(f"pair.{k}", v) for k, v in pair.items()]
     for key, value in rows:
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
-    Console().print(table, highlight=False)
+    out_console().print(table, highlight=False)
 
 
 def emit_json(value: object) -> None:

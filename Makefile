@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` and `make test`. Both run the
+# idempotent set-up first, so they work on a fresh Debian/Ubuntu machine.
+VENV := .venv
+PACKAGES := formats blockemu nodeagent
+LINTED := $(PACKAGES) tests bench
+
+.PHONY: setup demo test lint bench
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+lint: setup
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(VENV)/bin/python bench/array_io.py
