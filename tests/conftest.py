@@ -1,0 +1,126 @@
+"""Shared fixtures: real array processes, and the rule for privileged tests.
+
+An array started here is a real `blockemu serve` process; it is stopped by
+its PID when the test ends, however the test ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blockemu.address import Address, parse_address
+
+REQUIRE_PRIVILEGED = os.environ.get("BLOCKEMU_REQUIRE_PRIVILEGED") == "1"
+
+
+def require_privileged(what: str) -> None:
+    """Skip when not root, unless CI said privileged tests must run (then fail)."""
+    if os.geteuid() == 0 and os.path.exists("/dev/fuse"):
+        return
+    message = f"needs root and /dev/fuse: {what}"
+    if REQUIRE_PRIVILEGED:
+        pytest.fail(message + " (BLOCKEMU_REQUIRE_PRIVILEGED=1: skipping is not allowed here)")
+    pytest.skip(message)
+
+
+class ArrayProcess:
+    """A `blockemu serve` child process on ROOT, listening on unix and tcp."""
+
+    def __init__(self, root: Path, sock: Path, log: Path) -> None:
+        self.root, self.sock, self.log = root, sock, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.unix: Address = parse_address(f"unix:{sock}")
+        self.tcp: Address | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+        cmd = [
+            sys.executable,
+            "-m",
+            "blockemu",
+            "serve",
+            "--root",
+            str(self.root),
+            "--listen",
+            str(self.unix),
+            "--listen",
+            "tcp:127.0.0.1:0",
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
+            if not ready:
+                self.kill()
+                raise AssertionError(f"array did not start in {timeout}s: {self.log.read_text()}")
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise AssertionError(f"array exited at start: {self.log.read_text()}")
+            line += chunk
+        bound = line.decode().split("listening on ")[1].split()
+        self.tcp = parse_address(next(a for a in bound if a.startswith("tcp:")))
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no clean-up of any kind."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.terminate()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="be-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def array(tmp_path: Path, short_dir: Path) -> Iterator[ArrayProcess]:
+    proc = ArrayProcess(tmp_path / "root", short_dir / "a.sock", tmp_path / "array.log")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
