@@ -118,6 +118,8 @@ def decode_state(data: bytes, *, name: str = "state file") -> NodeState:
         raise FormatError(
             f"{name}: format version {v.format_version}, this nodeagent reads {FORMAT_VERSION}"
         )
+    if "\0" in v.group:  # encode_state refuses it: could never be rewritten
+        raise FormatError(f"{name}: replica group name {v.group!r} contains a NUL; {fix}")
     try:
         return NodeState(
             flag=ReplicaFlag(v.flag),

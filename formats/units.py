@@ -11,7 +11,7 @@ import re
 
 from .errors import FormatError
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(i?B?)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([KMGTP])(?:iB?|B)?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
@@ -26,7 +26,7 @@ def parse_size(text: str) -> int:
         raise FormatError(
             f"bad size {text!r}: expected a number with an optional K/M/G/T/P suffix, e.g. 10G"
         )
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+    return int(m.group(1)) * _UNITS[(m.group(2) or "").upper()]
 
 
 def format_size(n: int) -> str:

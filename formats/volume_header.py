@@ -284,6 +284,11 @@ def decode_slot(data: bytes) -> VolumeHeader:
         validate_info(info)
     except FormatError as exc:
         raise FormatError(f"header of LDEV {format_ldev(v.ldev)}: {exc}") from None
+    if pair.mirror_unit > MAX_MIRROR_UNIT:  # encode_slot refuses it: could never be rewritten
+        raise FormatError(
+            f"header of LDEV {format_ldev(v.ldev)}: mirror unit {pair.mirror_unit} "
+            f"outside 0-{MAX_MIRROR_UNIT}"
+        )
     return header
 
 
@@ -359,5 +364,5 @@ def header_from_dict(data: object) -> VolumeHeader:
             info=VolumeInfo(**info),
             pair=PairInfo(**pair),
         )
-    except (AssertionError, KeyError, TypeError, ValueError) as exc:
+    except (AssertionError, AttributeError, KeyError, OverflowError, TypeError, ValueError) as exc:
         raise FormatError(f"malformed volume header description: {exc!r}") from None
