@@ -53,6 +53,24 @@ class Unsupported(ArrayError):
     status = Status.UNSUPPORTED
 
 
+class VolumeHidden(ArrayError):
+    """Host I/O to a paired S-VOL; it becomes usable after a split."""
+
+    status = Status.HIDDEN
+
+
+class ReservationConflict(ArrayError):
+    """Another host holds the control right on the volume."""
+
+    status = Status.RESERVED
+
+
+class CommandRejected(ArrayError):
+    """The pair's state does not accept the command (see blockemu.pairstate)."""
+
+    status = Status.REJECTED
+
+
 class StoreLocked(Exception):
     """Another process owns the array root."""
 
@@ -70,6 +88,9 @@ _BY_STATUS = {
         CorruptVolume,
         VolumeIOError,
         Unsupported,
+        VolumeHidden,
+        ReservationConflict,
+        CommandRejected,
     )
 }
 

@@ -278,7 +278,8 @@ class VolumeStore:
     def list(self) -> list[Volume]:
         return [self.volumes[k] for k in sorted(self.volumes)]
 
-    def _new_pvid(self) -> bytes:
+    def new_pvid(self) -> bytes:
+        """A random PVID no volume in this array has."""
         while True:
             pvid = os.urandom(16)
             if all(v.header.pvid != pvid for v in self.volumes.values()):
@@ -312,7 +313,7 @@ class VolumeStore:
             validate_info(info)
         except FormatError as exc:
             raise BadRequest(f"cannot create LDEV {format_ldev(ldev)}: {exc}") from None
-        header = VolumeHeader(generation=1, ldev=ldev, pvid=self._new_pvid(), info=info)
+        header = VolumeHeader(generation=1, ldev=ldev, pvid=self.new_pvid(), info=info)
         path = self.volume_dir / name
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

@@ -47,11 +47,25 @@ class Op(enum.IntEnum):
     WRITE = 2
     FLUSH = 3
     DISCARD = 4
+    HELLO = 16  # names the host this connection acts for (JSON {"host": id})
     # management
     CREATE = 32
     LIST = 33
     SHOW = 34  # reads the header straight from the volume file
     DELETE = 35
+    READ_PVID = 36  # the PVID alone, by physical name; allowed under a reservation
+    # control right (reservations)
+    RESERVE = 40
+    RELEASE = 41
+    PREEMPT = 42
+    # pairs (JSON bodies)
+    PAIR_CREATE = 48
+    PAIR_SPLIT = 49
+    PAIR_RESYNC = 50
+    PAIR_RESTORE = 51
+    PAIR_SUSPEND = 52
+    PAIR_DELETE = 53
+    PAIR_DISPLAY = 54
 
 
 class Status(enum.IntEnum):
@@ -68,6 +82,9 @@ class Status(enum.IntEnum):
     IO_ERROR = 8
     UNSUPPORTED = 9
     INTERNAL = 10
+    HIDDEN = 11  # the LDEV is a paired S-VOL: hosts cannot use it until a split
+    RESERVED = 12  # reservation conflict: another host holds the control right
+    REJECTED = 13  # the pair's state does not allow the command
 
 
 class Flag(enum.IntFlag):
@@ -254,5 +271,7 @@ def encode_json(value: Any) -> bytes:
 def decode_json(payload: bytes) -> Any:
     try:
         return json.loads(payload.decode("utf8")) if payload else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError: also bad UTF-8, and ints over sys.get_int_max_str_digits() digits;
+    # RecursionError: arrays or objects nested too deeply for the parser.
+    except (ValueError, RecursionError) as exc:
         raise FormatError(f"payload is not valid JSON: {exc}") from None
