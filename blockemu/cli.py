@@ -7,94 +7,31 @@ Every subcommand has --help. Output is a table for people and JSON with
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 import trio
-from rich.console import Console
 from rich.table import Table
 
-from formats.errors import FormatError
-from formats.units import format_ldev, format_size, parse_ldev, parse_size
+from formats.units import format_ldev, format_size
 from formats.volume_header import VolumeHeader, header_to_dict
 
-from . import __version__
-from .address import ENV_VAR, AddressError, default_address, parse_address
-from .client import ArrayClient, open_client
-from .errors import (
-    ArrayError,
-    CorruptVolume,
-    NoSuchVolume,
-    StaleIdentity,
-    StoreLocked,
-    VolumeExists,
+from . import __version__, cli_pair
+from .address import ENV_VAR, parse_address
+from .client import ArrayClient
+from .cliutil import (
+    EPILOG,
+    EXIT_CODES,
+    emit_json,
+    err_console,
+    fail,
+    ldev_arg,
+    out_console,
+    size_arg,
+    when,
+    with_array,
 )
-
-#: Exit codes scripts can rely on. Anything else the array refuses is 1.
-EXIT_CODES = {
-    "ok": 0,
-    "error": 1,
-    "usage": 2,
-    "unreachable": 3,
-    "no-such-volume": 4,
-    "exists": 5,
-    "stale-identity": 6,
-    "corrupt-volume": 7,
-    "root-in-use": 8,
-}
-
-_EXIT_BY_ERROR: list[tuple[type[BaseException], str]] = [
-    (NoSuchVolume, "no-such-volume"),
-    (VolumeExists, "exists"),
-    (StaleIdentity, "stale-identity"),
-    (CorruptVolume, "corrupt-volume"),
-    (StoreLocked, "root-in-use"),
-    (ConnectionError, "unreachable"),
-    (AddressError, "usage"),
-    (FormatError, "usage"),
-    (ArrayError, "error"),
-]
-
-EPILOG = "exit codes: " + ", ".join(f"{v} {k}" for k, v in EXIT_CODES.items())
-
-err_console = Console(stderr=True, soft_wrap=True)
-
-
-def out_console() -> Console:
-    """stdout; piped output gets room to spare so tables are never truncated."""
-    return Console() if sys.stdout.isatty() else Console(width=200)
-
-
-def when(ns: int) -> str:
-    if not ns:
-        return "never"
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="seconds")
-
-
-def fail(exc: BaseException) -> NoReturn:
-    for cls, name in _EXIT_BY_ERROR:
-        if isinstance(exc, cls):
-            err_console.print(f"[bold red]blockemu:[/] {exc}", highlight=False)
-            sys.exit(EXIT_CODES[name])
-    raise exc
-
-
-def ldev_arg(text: str) -> int:
-    try:
-        return parse_ldev(text)
-    except FormatError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def size_arg(text: str) -> int:
-    try:
-        return parse_size(text)
-    except FormatError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def pair_text(h: VolumeHeader) -> str:
@@ -145,47 +82,31 @@ def print_volume(h: VolumeHeader) -> None:
     out_console().print(table, highlight=False)
 
 
-def emit_json(value: object) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-
-
 # -- subcommands -----------------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from .array import Array
     from .server import run_until_signalled
-    from .store import VolumeStore
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     addresses = [parse_address(a) for a in args.listen]
-    with VolumeStore.open(args.root) as store:
+    array = Array.open(args.root)
+    try:
 
         def announce(bound: list[str]) -> None:
             print(
-                f"blockemu: array {args.root} with {len(store.volumes)} volume(s) "
+                f"blockemu: array {args.root} with {len(array.store.volumes)} volume(s), "
+                f"{len(array.pairs)} pair(s), copy engine {array.engine.name}, "
                 f"listening on {' '.join(bound)}",
                 flush=True,
             )
 
-        trio.run(run_until_signalled, store, addresses, announce)
-
-
-def with_array(
-    action: Callable[[ArrayClient, argparse.Namespace], Awaitable[None]],
-) -> Callable[[argparse.Namespace], None]:
-    def run(args: argparse.Namespace) -> None:
-        addr = parse_address(args.array) if args.array else default_address()
-
-        async def main() -> None:
-            async with open_client(addr) as client:
-                await action(client, args)
-
-        trio.run(main)
-
-    return run
+        trio.run(run_until_signalled, array, addresses, announce)
+    finally:
+        array.close()
 
 
 async def vol_create(array: ArrayClient, args: argparse.Namespace) -> None:
@@ -198,7 +119,7 @@ async def vol_create(array: ArrayClient, args: argparse.Namespace) -> None:
 
 
 async def vol_list(array: ArrayClient, args: argparse.Namespace) -> None:
-    headers, broken = await array.list()
+    headers, broken = await array.list_volumes()
     if args.json:
         emit_json({"volumes": [header_to_dict(h) for h in headers], "broken": broken})
     else:
@@ -252,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts = argparse.ArgumentParser(add_help=False)
     client_opts.add_argument("--array", metavar="ADDR", help=f"array address (default: ${ENV_VAR})")
     client_opts.add_argument("--json", action="store_true", help="machine-readable output")
+    client_opts.add_argument("--host", metavar="ID", help="act as this host (reservations)")
 
     vol = sub.add_parser(
         "vol", help="create, list, show and delete volumes", description="Manage volumes."
@@ -289,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     delete.add_argument("ldev", type=ldev_arg)
     delete.set_defaults(func=with_array(vol_delete))
+
+    cli_pair.add_commands(sub, vsub, client_opts, EPILOG)
     return parser
 
 
@@ -298,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         sys.exit(130)
+    except cli_pair.WaitTimeout as exc:
+        err_console.print(f"[bold red]blockemu:[/] {exc}", highlight=False)
+        sys.exit(EXIT_CODES["timeout"])
     except Exception as exc:  # mapped to an exit code, or re-raised
         fail(exc)
 

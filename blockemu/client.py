@@ -5,7 +5,7 @@ request gets a tag, requests go out as they come, and a single receiver task
 routes each response to the task waiting for its tag. Use it as::
 
     async with open_client(parse_address("unix:/tmp/array.sock")) as array:
-        headers, broken = await array.list()
+        headers, broken = await array.list_volumes()
         data = await array.read(ldev, pvid, 0, 4096)
 
 Errors the array reports are raised as the same :mod:`blockemu.errors`
@@ -167,7 +167,7 @@ class ArrayClient:
         body = {"ldev": ldev, "size": size, "label": label, "block_size": block_size}
         return header_from_dict(await self._manage(Op.CREATE, body=body))
 
-    async def list(self) -> tuple[list[VolumeHeader], dict[str, str]]:
+    async def list_volumes(self) -> tuple[list[VolumeHeader], dict[str, str]]:
         """Every volume's header, and the files the array could not read (name -> why)."""
         answer = await self._manage(Op.LIST)
         return [header_from_dict(h) for h in answer["volumes"]], dict(answer["broken"])
@@ -179,19 +179,75 @@ class ArrayClient:
     async def delete(self, ldev: int) -> None:
         await self._manage(Op.DELETE, ldev)
 
+    async def hello(self, host: str) -> None:
+        """Speak for *host* from now on: reservations and, later, LUN masking apply to it."""
+        await self._manage(Op.HELLO, body={"host": host})
+
+    async def read_pvid(self, ldev: int) -> bytes:
+        """The volume's current PVID, read by physical name straight from the disk."""
+        return bytes.fromhex((await self._manage(Op.READ_PVID, ldev))["pvid"])
+
+    async def reserve(self, ldev: int) -> None:
+        await self._manage(Op.RESERVE, ldev)
+
+    async def release(self, ldev: int) -> None:
+        await self._manage(Op.RELEASE, ldev)
+
+    async def preempt(self, ldev: int) -> str | None:
+        """Take the reservation over; returns the host that held it."""
+        previous = (await self._manage(Op.PREEMPT, ldev))["previous"]
+        return None if previous is None else str(previous)
+
+    async def pair_create(
+        self,
+        pvol: str,
+        svol: str,
+        *,
+        mode: str = "sync",
+        mu: int = 0,
+        group: int | None = None,
+        pace: int = 15,
+        split: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Form a pair (``split``: None, "steady" or "quick"); returns its display row."""
+        body = {
+            "pvol": pvol,
+            "svol": svol,
+            "mode": mode,
+            "mu": mu,
+            "group": group,
+            "pace": pace,
+            "split": split,
+        }
+        return list((await self._manage(Op.PAIR_CREATE, body=body))["pairs"])
+
+    async def pair_command(
+        self, op: Op, selector: dict[str, Any], *, quick: bool = False
+    ) -> list[dict[str, Any]]:
+        """PAIR_SPLIT/RESYNC/RESTORE/SUSPEND/DELETE on the pairs *selector* names.
+
+        *selector* has one of ``pvol``, ``svol`` (LDEV names) or ``group`` (an int).
+        """
+        return list((await self._manage(op, body={**selector, "quick": quick}))["pairs"])
+
+    async def pair_display(self, selector: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return list((await self._manage(Op.PAIR_DISPLAY, body=selector or {}))["pairs"])
+
     async def aclose(self) -> None:
         await self._stream.aclose()
 
 
 @asynccontextmanager
-async def open_client(addr: Address) -> AsyncIterator[ArrayClient]:
-    """Connect to the array at *addr*; the connection closes when the block ends."""
+async def open_client(addr: Address, *, host: str | None = None) -> AsyncIterator[ArrayClient]:
+    """Connect to the array at *addr* (as *host*, if given); closes when the block ends."""
     stream = await open_stream(addr)
     client = ArrayClient(stream, str(addr))
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._receive_loop)
             try:
+                if host is not None:
+                    await client.hello(host)
                 yield client
             finally:
                 # No checkpoint after this cancel: it would replace the

@@ -1,4 +1,4 @@
-"""The array server: the wire protocol around a :class:`VolumeStore`.
+"""The array server: the wire protocol around an :class:`~blockemu.array.Array`.
 
 One trio task per connection reads frames in order and answers each one.
 Reads, writes and discards run inline (synchronous pread/pwrite: the fastest
@@ -13,6 +13,7 @@ it. Surviving power loss is what FLUSH and FUA are for.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -22,8 +23,8 @@ from typing import Any
 import trio
 
 from formats.errors import FormatError
-from formats.units import format_ldev
-from formats.volume_header import header_to_dict
+from formats.units import format_ldev, parse_ldev
+from formats.volume_header import MirrorMode, header_to_dict
 from formats.wire import (
     MAX_IO,
     Flag,
@@ -38,42 +39,62 @@ from formats.wire import (
 )
 
 from .address import Address, open_listeners
-from .errors import ArrayError, BadRequest, StaleIdentity, TooLarge, Unsupported, VolumeIOError
-from .store import Volume, VolumeStore
+from .array import Array
+from .errors import ArrayError, BadRequest, TooLarge, Unsupported, VolumeIOError
+from .pairstate import Command
+from .replication import MAX_PACE, Pair
+
+_PAIR_COMMANDS = {
+    Op.PAIR_SPLIT: Command.SPLIT,
+    Op.PAIR_RESYNC: Command.RESYNC,
+    Op.PAIR_RESTORE: Command.RESTORE,
+    Op.PAIR_SUSPEND: Command.SUSPEND,
+    Op.PAIR_DELETE: Command.DELETE,
+}
 
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 1 << 20
 
 
-class ArrayServer:
-    """Answers frames against one store. Holds no per-connection state."""
+class Connection:
+    """What the server remembers about one client: the host it speaks for."""
 
-    def __init__(self, store: VolumeStore) -> None:
-        self.store = store
-        self._sync_ops: dict[int, Callable[[Frame], bytes]] = {
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.host = ""
+
+
+class ArrayServer:
+    """Answers frames against one :class:`Array`."""
+
+    def __init__(self, array: Array) -> None:
+        self.array = array
+        self._sync_ops: dict[int, Callable[[Connection, Frame], bytes]] = {
             Op.READ: self._read,
             Op.WRITE: self._write,
             Op.DISCARD: self._discard,
+            Op.HELLO: self._hello,
             Op.CREATE: self._create,
             Op.LIST: self._list,
             Op.SHOW: self._show,
             Op.DELETE: self._delete,
+            Op.READ_PVID: self._read_pvid,
+            Op.RESERVE: self._reserve,
+            Op.RELEASE: self._release,
+            Op.PREEMPT: self._preempt,
+            Op.PAIR_CREATE: self._pair_create,
+            Op.PAIR_DISPLAY: self._pair_display,
         }
+        for op, command in _PAIR_COMMANDS.items():
+            self._sync_ops[op] = functools.partial(self._pair_command, command)
 
     # -- helpers -------------------------------------------------------
 
-    def _volume_for_io(self, frame: Frame) -> Volume:
-        vol = self.store.get(frame.ldev)
-        if frame.pvid != vol.header.pvid:
-            raise StaleIdentity(
-                f"LDEV {format_ldev(frame.ldev)}: PVID {frame.pvid.hex()} is not the volume's "
-                "current identity (it was split or re-created); refresh the host's disk-info "
-                "buffer from the array"
-            )
+    @staticmethod
+    def _check_size(frame: Frame) -> None:
         if frame.count > MAX_IO:
             raise TooLarge(f"I/O of {frame.count} bytes exceeds the {MAX_IO}-byte limit")
-        return vol
 
     @staticmethod
     def _args(frame: Frame) -> dict[str, Any]:
@@ -81,26 +102,52 @@ class ArrayServer:
             value = decode_json(frame.payload)
         except FormatError as exc:
             raise BadRequest(str(exc)) from None
+        if value is None:
+            return {}
         if not isinstance(value, dict):
             raise BadRequest("management request body must be a JSON object")
         return value
 
-    # -- operations ----------------------------------------------------
+    def _select(self, args: dict[str, Any]) -> list[Pair]:
+        try:
+            pvol = None if args.get("pvol") is None else parse_ldev(str(args["pvol"]))
+            svol = None if args.get("svol") is None else parse_ldev(str(args["svol"]))
+            group = None if args.get("group") is None else int(args["group"])
+        except (FormatError, TypeError, ValueError) as exc:
+            raise BadRequest(f"bad pair selector: {exc}") from None
+        return self.array.select(pvol=pvol, svol=svol, group=group)
 
-    def _read(self, frame: Frame) -> bytes:
-        return self._volume_for_io(frame).pread(frame.offset, frame.count)
+    def _pairs_answer(self, pairs: list[Pair]) -> bytes:
+        return encode_json({"pairs": [self.array.describe(p) for p in pairs]})
 
-    def _write(self, frame: Frame) -> bytes:
+    # -- block I/O -----------------------------------------------------
+
+    def _read(self, conn: Connection, frame: Frame) -> bytes:
+        self._check_size(frame)
+        return self.array.read(conn.host, frame.ldev, frame.pvid, frame.offset, frame.count)
+
+    def _write(self, conn: Connection, frame: Frame) -> bytes:
+        self._check_size(frame)
         if frame.count != len(frame.payload):
             raise BadRequest(f"write says {frame.count} bytes but carries {len(frame.payload)}")
-        self._volume_for_io(frame).pwrite(frame.offset, frame.payload)
+        self.array.write(conn.host, frame.ldev, frame.pvid, frame.offset, frame.payload)
         return b""
 
-    def _discard(self, frame: Frame) -> bytes:
-        self._volume_for_io(frame).discard(frame.offset, frame.count)
+    def _discard(self, conn: Connection, frame: Frame) -> bytes:
+        self.array.discard(conn.host, frame.ldev, frame.pvid, frame.offset, frame.count)
         return b""
 
-    def _create(self, frame: Frame) -> bytes:
+    # -- hosts, volumes, reservations ----------------------------------
+
+    def _hello(self, conn: Connection, frame: Frame) -> bytes:
+        host = self._args(frame).get("host")
+        if not isinstance(host, str) or not host or len(host) > 64:
+            raise BadRequest("HELLO needs a host id: a non-empty string of at most 64 characters")
+        conn.host = host
+        log.info("%s speaks for host %r", conn.peer, host)
+        return b""
+
+    def _create(self, conn: Connection, frame: Frame) -> bytes:
         args = self._args(frame)
         try:
             ldev, size = int(args["ldev"]), int(args["size"])
@@ -108,33 +155,92 @@ class ArrayServer:
             label = str(args.get("label", ""))
         except (KeyError, TypeError, ValueError) as exc:
             raise BadRequest(f"create needs integer 'ldev' and 'size': {exc!r}") from None
-        vol = self.store.create(ldev, size, block_size=block_size, label=label)
+        vol = self.array.store.create(ldev, size, block_size=block_size, label=label)
         return encode_json(header_to_dict(vol.header))
 
-    def _list(self, frame: Frame) -> bytes:
+    def _list(self, conn: Connection, frame: Frame) -> bytes:
         return encode_json(
             {
-                "volumes": [header_to_dict(v.header) for v in self.store.list()],
-                "broken": self.store.broken,
+                "volumes": [header_to_dict(v.header) for v in self.array.store.list()],
+                "broken": self.array.store.broken,
+                "reservations": self.array.reservations.as_dict(),
             }
         )
 
-    def _show(self, frame: Frame) -> bytes:
-        return encode_json(header_to_dict(self.store.get(frame.ldev).reread_header()))
+    def _show(self, conn: Connection, frame: Frame) -> bytes:
+        return encode_json(header_to_dict(self.array.show(conn.host, frame.ldev)))
 
-    def _delete(self, frame: Frame) -> bytes:
-        self.store.delete(frame.ldev)
+    def _delete(self, conn: Connection, frame: Frame) -> bytes:
+        self.array.delete_volume(frame.ldev)
         return b""
+
+    def _read_pvid(self, conn: Connection, frame: Frame) -> bytes:
+        return encode_json({"pvid": self.array.read_pvid(frame.ldev).hex()})
+
+    def _reserve(self, conn: Connection, frame: Frame) -> bytes:
+        self.array.store.get(frame.ldev)
+        self.array.reservations.reserve(frame.ldev, conn.host)
+        return b""
+
+    def _release(self, conn: Connection, frame: Frame) -> bytes:
+        self.array.store.get(frame.ldev)
+        self.array.reservations.release(frame.ldev, conn.host)
+        return b""
+
+    def _preempt(self, conn: Connection, frame: Frame) -> bytes:
+        self.array.store.get(frame.ldev)
+        previous = self.array.reservations.preempt(frame.ldev, conn.host)
+        if previous and previous != conn.host:
+            log.warning(
+                "host %r preempted host %r on LDEV %s", conn.host, previous, format_ldev(frame.ldev)
+            )
+        return encode_json({"previous": previous})
+
+    # -- pairs -----------------------------------------------------------
+
+    def _pair_create(self, conn: Connection, frame: Frame) -> bytes:
+        args = self._args(frame)
+        try:
+            pvol, svol = parse_ldev(str(args["pvol"])), parse_ldev(str(args["svol"]))
+            mode = MirrorMode[str(args.get("mode", "sync")).upper()]
+            split = args.get("split")
+            if split not in (None, "steady", "quick"):
+                raise ValueError(f"split must be steady or quick, not {split!r}")
+            group = args.get("group")
+            pair = self.array.pair_create(
+                pvol,
+                svol,
+                mode=mode,
+                mirror_unit=int(args.get("mu", 0)),
+                group=None if group is None else int(group),
+                pace=int(args.get("pace", MAX_PACE)),
+                split=split,
+            )
+        except (KeyError, TypeError, ValueError, FormatError) as exc:
+            raise BadRequest(
+                f"pair create needs pvol, svol and optionally mode (sync, async, deferred), "
+                f"mu, group, pace, split: {exc}"
+            ) from None
+        return self._pairs_answer([pair])
+
+    def _pair_command(self, command: Command, conn: Connection, frame: Frame) -> bytes:
+        args = self._args(frame)
+        pairs = self._select(args)
+        self.array.pair_command(command, pairs, quick=bool(args.get("quick", False)))
+        return self._pairs_answer([p for p in pairs if not p.closed])
+
+    def _pair_display(self, conn: Connection, frame: Frame) -> bytes:
+        return self._pairs_answer(self._select(self._args(frame)))
 
     # -- dispatch ------------------------------------------------------
 
-    def handle(self, frame: Frame) -> tuple[int, bytes]:
+    def handle(self, conn: Connection, frame: Frame) -> tuple[int, bytes]:
         """Answer one synchronous request: (status, payload)."""
         op = self._sync_ops.get(frame.op)
         try:
             if op is None:
                 raise Unsupported(f"unknown operation {frame.op}; upgrade the array")
-            return Status.OK, op(frame)
+            return Status.OK, op(conn, frame)
         except ArrayError as exc:
             return exc.status, str(exc).encode()
         except OSError as exc:
@@ -142,11 +248,11 @@ class ArrayServer:
             err = VolumeIOError(f"LDEV {format_ldev(frame.ldev)}: {exc}")
             return err.status, str(err).encode()
 
-    async def flush(self, frame: Frame) -> tuple[int, bytes]:
+    async def flush(self, conn: Connection, frame: Frame) -> tuple[int, bytes]:
         """FLUSH, and WRITE with FUA: the pwrite part already ran inline."""
         try:
-            vol = self._volume_for_io(frame)
-            await trio.to_thread.run_sync(vol.flush)
+            flush = self.array.flusher(conn.host, frame.ldev, frame.pvid)
+            await trio.to_thread.run_sync(flush)
         except ArrayError as exc:
             return exc.status, str(exc).encode()
         except OSError as exc:
@@ -155,6 +261,7 @@ class ArrayServer:
 
     async def serve_connection(self, stream: trio.abc.Stream, peer: str) -> None:
         """Answer frames from one client until it hangs up or sends garbage."""
+        conn = Connection(peer)
         send_lock = trio.Lock()
 
         async def respond(frame: Frame, status: int, payload: bytes) -> None:
@@ -172,7 +279,7 @@ class ArrayServer:
                 await stream.send_all(header + payload)
 
         async def flush_and_respond(frame: Frame) -> None:
-            status, payload = await self.flush(frame)
+            status, payload = await self.flush(conn, frame)
             await respond(frame, status, payload)
 
         async def receive_loop(nursery: trio.Nursery) -> None:
@@ -192,7 +299,7 @@ class ArrayServer:
                     if frame.op == Op.FLUSH:
                         nursery.start_soon(flush_and_respond, frame)
                         continue
-                    status, payload = self.handle(frame)
+                    status, payload = self.handle(conn, frame)
                     if status == Status.OK and frame.op == Op.WRITE and frame.flags & Flag.FUA:
                         nursery.start_soon(flush_and_respond, frame)
                     else:
@@ -216,13 +323,13 @@ class ArrayServer:
 
 
 async def serve(
-    store: VolumeStore,
+    array: Array,
     addresses: Sequence[Address],
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve *store* on *addresses* until cancelled; reports the bound addresses."""
-    server = ArrayServer(store)
+    """Serve *array* on *addresses* until cancelled; reports the bound addresses."""
+    server = ArrayServer(array)
     listeners: list[trio.SocketListener] = []
     bound: list[str] = []
     for addr in addresses:
@@ -244,6 +351,7 @@ async def serve(
 
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(array.run)
             for listener in listeners:
                 nursery.start_soon(trio.serve_listeners, handler, [listener])
             task_status.started(bound)
@@ -254,12 +362,12 @@ async def serve(
 
 
 async def run_until_signalled(
-    store: VolumeStore, addresses: Sequence[Address], announce: Callable[[list[str]], None]
+    array: Array, addresses: Sequence[Address], announce: Callable[[list[str]], None]
 ) -> None:
     """What `blockemu serve` runs: serve until SIGTERM or SIGINT, then stop cleanly."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(serve, store, addresses)
+            bound = await nursery.start(serve, array, addresses)
             announce(bound)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)

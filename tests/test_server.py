@@ -132,7 +132,7 @@ async def test_show_reads_the_header_from_disk(array: ArrayProcess) -> None:
         shown = await client.show(5)
         assert shown.info.label == "from-disk"
         assert shown.pvid == h.pvid
-        headers, broken = await client.list()
+        headers, broken = await client.list_volumes()
         assert [x.info.label for x in headers] == ["from-disk"] and broken == {}
         await client.delete(5)
         with pytest.raises(NoSuchVolume):
@@ -208,7 +208,7 @@ async def test_malformed_frames_get_an_answer_and_a_closed_connection(
 
     # The server is still fine for everybody else.
     async with open_client(array.unix) as client:
-        assert (await client.list())[0] == []
+        assert (await client.list_volumes())[0] == []
 
 
 async def test_unknown_op_and_inconsistent_write(array: ArrayProcess) -> None:
