@@ -59,6 +59,7 @@ _EXIT_BY_ERROR: list[tuple[type[BaseException], str]] = [
     (AddressError, "usage"),
     (FormatError, "usage"),
     (ArrayError, "error"),
+    (OSError, "error"),
 ]
 
 EPILOG = "exit codes: " + ", ".join(f"{v} {k}" for k, v in EXIT_CODES.items())

@@ -336,6 +336,15 @@ class Pair:
                 continue
             await self._wakeup.wait()
 
+    def drain(self) -> None:
+        """Do all pending background work now, inline: the journal, the copy, the transition."""
+        if self.status is PairStatus.PAIR:
+            self.apply_journal(None)
+        while self._copy_step_wanted() and self._copy_next_run() is not None:
+            pass
+        if self._copy_step_wanted():
+            self._copy_finished()
+
     def _copy_step_wanted(self) -> bool:
         return self.status not in (PairStatus.SMPL, PairStatus.PSUE)
 
