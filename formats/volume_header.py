@@ -163,6 +163,24 @@ _Info = c.Struct(
     "attributes" / c.Int32ub,
 )
 
+#: The volume info layout, shared with other files that store volume info (host buffers).
+InfoLayout = _Info
+
+
+def info_from_parsed(parsed: c.Container) -> VolumeInfo:
+    """A VolumeInfo from a parsed :data:`InfoLayout` (ValueError on a bad attribute)."""
+    return VolumeInfo(
+        size=parsed.size,
+        block_size=parsed.block_size,
+        label=parsed.label,
+        serial=parsed.serial,
+        created=parsed.created,
+        vendor=parsed.vendor,
+        product=parsed.product,
+        attributes=Attr(parsed.attributes),
+    )
+
+
 _Pair = c.Struct(
     "role" / c.Int8ub,
     "status" / c.Int8ub,
@@ -256,16 +274,7 @@ def decode_slot(data: bytes) -> VolumeHeader:
             f"(this blockemu reads version {FORMAT_VERSION}); use a matching blockemu release"
         )
     try:
-        info = VolumeInfo(
-            size=v.info.size,
-            block_size=v.info.block_size,
-            label=v.info.label,
-            serial=v.info.serial,
-            created=v.info.created,
-            vendor=v.info.vendor,
-            product=v.info.product,
-            attributes=Attr(v.info.attributes),
-        )
+        info = info_from_parsed(v.info)
         pair = PairInfo(
             role=PairRole(v.pair.role),
             status=PairStatus(v.pair.status),
