@@ -7,7 +7,9 @@ Every subcommand has --help. Output is a table for people and JSON with
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
 from typing import Any
 
@@ -17,7 +19,7 @@ from rich.table import Table
 from formats.units import format_ldev, format_size
 from formats.volume_header import VolumeHeader, header_to_dict
 
-from . import __version__, cli_pair
+from . import __version__, cli_host, cli_pair
 from .address import ENV_VAR, parse_address
 from .client import ArrayClient
 from .cliutil import (
@@ -32,6 +34,7 @@ from .cliutil import (
     when,
     with_array,
 )
+from .errors import BadRequest
 
 
 def pair_text(h: VolumeHeader) -> str:
@@ -86,6 +89,8 @@ def print_volume(h: VolumeHeader) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from formats.hosts_config import load_hosts_config
+
     from .array import Array
     from .server import run_until_signalled
 
@@ -93,18 +98,50 @@ def cmd_serve(args: argparse.Namespace) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     addresses = [parse_address(a) for a in args.listen]
+    # Every problem of the hosts config at once, before the root is touched (exit 2).
+    hosts = load_hosts_config(args.hosts) if args.hosts else None
+    mountpoint = None
+    if args.mount:
+        mountpoint = os.path.abspath(args.mount)
+        root = os.path.abspath(args.root)
+        if os.path.commonpath([root, mountpoint]) == mountpoint:
+            raise BadRequest(
+                f"--root {root} is inside --mount {mountpoint}: the array would do I/O "
+                "through its own mount and hang; mount somewhere else"
+            )
     array = Array.open(args.root)
     try:
+        extra = None
+        if mountpoint is not None:
+            from .arrayview import ArrayBackend
+            from .fusefs import VolumeFS, run_mount
+
+            fs = VolumeFS(ArrayBackend(array))
+            fsname = f"blockemu:{os.path.abspath(args.root)}"
+
+            async def extra(nursery: trio.Nursery) -> None:
+                await nursery.start(functools.partial(run_mount, fs, mountpoint, fsname=fsname))
 
         def announce(bound: list[str]) -> None:
+            mounted = f" mount:{mountpoint}" if mountpoint else ""
             print(
                 f"blockemu: array {args.root} with {len(array.store.volumes)} volume(s), "
                 f"{len(array.pairs)} pair(s), copy engine {array.engine.name}, "
-                f"listening on {' '.join(bound)}",
+                f"listening on {' '.join(bound)}{mounted}",
                 flush=True,
             )
 
-        trio.run(run_until_signalled, array, addresses, announce)
+        try:
+            trio.run(run_until_signalled, array, addresses, announce, extra, hosts)
+        except BaseExceptionGroup as group:
+            # One failure at start-up (a busy mountpoint, an address in use)
+            # arrives wrapped by the nurseries: report it as itself.
+            leaf: BaseException = group
+            while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+                leaf = leaf.exceptions[0]
+            if leaf is group:
+                raise
+            raise leaf from None
     finally:
         array.close()
 
@@ -167,6 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="unix:/path/to.sock or tcp:HOST:PORT (port 0 picks one); repeatable",
     )
+    serve.add_argument(
+        "--mount",
+        metavar="DIR",
+        help="also mount the array's own view on DIR: one file per volume hosts can see "
+        "(hidden S-VOLs excluded), for losetup --direct-io=on; unmounted on exit",
+    )
+    serve.add_argument(
+        "--hosts",
+        metavar="FILE",
+        help="hosts.toml: host keys and host groups; TCP clients must then authenticate "
+        "and see only their LDEVs (without it the array is open to every client)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
 
@@ -174,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts.add_argument("--array", metavar="ADDR", help=f"array address (default: ${ENV_VAR})")
     client_opts.add_argument("--json", action="store_true", help="machine-readable output")
     client_opts.add_argument("--host", metavar="ID", help="act as this host (reservations)")
+    client_opts.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="authenticate as --host with this key (arrays started with --hosts require it "
+        "over TCP)",
+    )
 
     vol = sub.add_parser(
         "vol", help="create, list, show and delete volumes", description="Manage volumes."
@@ -213,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete.set_defaults(func=with_array(vol_delete))
 
     cli_pair.add_commands(sub, vsub, client_opts, EPILOG)
+    cli_host.add_commands(sub, client_opts, EPILOG)
+    cli_host.add_attach(sub, EPILOG)
     return parser
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from formats.hosts_config import read_key_file
 from formats.units import format_ldev, format_size, parse_ldev
 
 from .client import ArrayClient
@@ -139,3 +140,87 @@ def add_commands(
     sh = hsub.add_parser("show", parents=[client_opts, buffer_opts], epilog=epilog,
                          help="print the buffer")  # fmt: skip
     sh.set_defaults(func=host_show)
+
+
+def _daemonize(log_file: str | None) -> None:
+    """Detach from the terminal (double fork); the parent returns to the shell."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    fd = os.open(log_file or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+
+
+def cmd_attach(args: argparse.Namespace) -> None:
+    import logging
+
+    import trio
+
+    from .address import default_address, parse_address
+    from .hostview import run_attach
+
+    if not args.host:
+        err_console.print("[bold red]blockemu:[/] attach needs --host ID")
+        sys.exit(EXIT_CODES["usage"])
+    addr = parse_address(args.array) if args.array else default_address()
+    key = read_key_file(args.key_file) if args.key_file else None
+    buf = open_buffer(args)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    if not args.foreground:
+        _daemonize(args.log_file)
+    if args.pid_file:
+        Path(args.pid_file).write_text(f"{os.getpid()}\n")
+
+    def announce() -> None:
+        print(
+            f"blockemu: host {args.host} view of {addr} mounted at "
+            f"{os.path.abspath(args.mountpoint)} ({len(buf.entries)} device(s), "
+            f"buffer {buf.path})",
+            flush=True,
+        )
+
+    try:
+        trio.run(run_attach, addr, args.host, key, buf, args.mountpoint, announce)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    finally:
+        if args.pid_file:
+            Path(args.pid_file).unlink(missing_ok=True)
+
+
+def add_attach(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    epilog: str,
+) -> None:
+    attach = sub.add_parser(
+        "attach",
+        help="mount a host's view: its buffer's devices, I/O forwarded to the array",
+        description="Mount the devices of this host's disk-info buffer as files. Attach "
+        "them with `losetup --direct-io=on` (measured fastest). I/O carries the buffer's "
+        "PVID: after a split the array refuses a stale one (EIO) until `blockemu host "
+        "refresh`. Unmounts cleanly on SIGTERM/SIGINT; a stale mount of a killed attach "
+        "is cleaned on the next start.",
+        epilog=epilog,
+    )
+    attach.add_argument("mountpoint", help="an existing empty directory")
+    attach.add_argument("--array", metavar="ADDR", help="array address (default $BLOCKEMU_ARRAY)")
+    attach.add_argument("--host", metavar="ID", help="this host's id (required)")
+    attach.add_argument("--key-file", metavar="FILE", help="this host's key (host groups)")
+    attach.add_argument("--buffer", metavar="FILE",
+                        help=f"the buffer file (default ${ENV_BUFFER}, else "
+                        "/var/lib/blockemu/HOST.buf)")  # fmt: skip
+    attach.add_argument("--foreground", action="store_true", help="do not detach")
+    attach.add_argument("--pid-file", metavar="FILE", help="write the daemon's pid here")
+    attach.add_argument("--log-file", metavar="FILE", help="log here when detached")
+    attach.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])  # fmt: skip
+    attach.set_defaults(func=cmd_attach)

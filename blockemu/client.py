@@ -37,6 +37,7 @@ from formats.wire import (
 )
 
 from .address import Address, open_stream
+from .auth import ClientHandshake
 from .errors import ArrayError, error_for_status
 
 
@@ -180,8 +181,22 @@ class ArrayClient:
         await self._manage(Op.DELETE, ldev)
 
     async def hello(self, host: str) -> None:
-        """Speak for *host* from now on: reservations and, later, LUN masking apply to it."""
+        """Speak for *host* from now on (reservations), without proving it.
+
+        An array with a hosts config accepts this on its unix socket only (the
+        administrator naming a host); hosts authenticate with :meth:`authenticate`.
+        """
         await self._manage(Op.HELLO, body={"host": host})
+
+    async def authenticate(self, host: str, key: bytes) -> None:
+        """Prove to the array that this connection is *host*, and make the array prove
+        it knows *key* too (:mod:`blockemu.auth`). From then on the array masks every
+        LDEV outside the host's group. AuthenticationFailed if either side fails.
+        """
+        handshake = ClientHandshake(host, key, self._name)
+        challenge = await self._manage(Op.HELLO, body=handshake.hello())
+        answer = await self._manage(Op.AUTH, body=handshake.auth(challenge))
+        handshake.verify(answer)
 
     async def read_pvid(self, ldev: int) -> bytes:
         """The volume's current PVID, read by physical name straight from the disk."""
@@ -238,15 +253,25 @@ class ArrayClient:
 
 
 @asynccontextmanager
-async def open_client(addr: Address, *, host: str | None = None) -> AsyncIterator[ArrayClient]:
-    """Connect to the array at *addr* (as *host*, if given); closes when the block ends."""
+async def open_client(
+    addr: Address, *, host: str | None = None, key: bytes | None = None
+) -> AsyncIterator[ArrayClient]:
+    """Connect to the array at *addr*; closes when the block ends.
+
+    With *host*, the connection speaks for that host; with its *key* too, host
+    and array authenticate each other first (:meth:`ArrayClient.authenticate`).
+    """
+    if key is not None and host is None:
+        raise ValueError("a key authenticates a host: pass host= with key=")
     stream = await open_stream(addr)
     client = ArrayClient(stream, str(addr))
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._receive_loop)
             try:
-                if host is not None:
+                if key is not None and host is not None:
+                    await client.authenticate(host, key)
+                elif host is not None:
                     await client.hello(host)
                 yield client
             finally:

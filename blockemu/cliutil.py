@@ -13,12 +13,16 @@ import trio
 from rich.console import Console
 
 from formats.errors import FormatError
+from formats.hosts_config import read_key_file
 from formats.units import parse_ldev, parse_size
 
 from .address import AddressError, default_address, parse_address
 from .client import ArrayClient, open_client
 from .errors import (
+    AdminOnly,
     ArrayError,
+    AuthenticationFailed,
+    AuthenticationRequired,
     CommandRejected,
     CorruptVolume,
     NoSuchVolume,
@@ -27,7 +31,13 @@ from .errors import (
     StoreLocked,
     VolumeExists,
     VolumeHidden,
+    VolumeMasked,
 )
+
+
+class UsageError(Exception):
+    """Options that do not go together."""
+
 
 #: Exit codes scripts can rely on. Anything else the array refuses is 1.
 EXIT_CODES = {
@@ -44,6 +54,8 @@ EXIT_CODES = {
     "rejected": 10,
     "hidden": 11,
     "reserved": 12,
+    "auth": 13,
+    "masked": 14,
 }
 
 _EXIT_BY_ERROR: list[tuple[type[BaseException], str]] = [
@@ -55,6 +67,11 @@ _EXIT_BY_ERROR: list[tuple[type[BaseException], str]] = [
     (CommandRejected, "rejected"),
     (VolumeHidden, "hidden"),
     (ReservationConflict, "reserved"),
+    (AuthenticationFailed, "auth"),
+    (AuthenticationRequired, "auth"),
+    (AdminOnly, "auth"),
+    (VolumeMasked, "masked"),
+    (UsageError, "usage"),
     (ConnectionError, "unreachable"),
     (AddressError, "usage"),
     (FormatError, "usage"),
@@ -110,9 +127,15 @@ def with_array(
 ) -> Callable[[argparse.Namespace], None]:
     def run(args: argparse.Namespace) -> None:
         addr = parse_address(args.array) if args.array else default_address()
+        host: str | None = getattr(args, "host", None)
+        key = None
+        if getattr(args, "key_file", None):
+            if not host:
+                raise UsageError("--key-file needs --host ID: the key is that host's")
+            key = read_key_file(args.key_file)
 
         async def main() -> None:
-            async with open_client(addr, host=getattr(args, "host", None)) as client:
+            async with open_client(addr, host=host, key=key) as client:
                 await action(client, args)
 
         trio.run(main)

@@ -71,6 +71,30 @@ class CommandRejected(ArrayError):
     status = Status.REJECTED
 
 
+class AuthenticationFailed(ArrayError):
+    """The host could not prove it knows its key, or the array could not prove it to the host."""
+
+    status = Status.AUTH_FAILED
+
+
+class AuthenticationRequired(ArrayError):
+    """The array authenticates hosts, and this connection has not (yet)."""
+
+    status = Status.AUTH_REQUIRED
+
+
+class VolumeMasked(ArrayError):
+    """The LDEV is outside the authenticated host's group (LUN masking)."""
+
+    status = Status.MASKED
+
+
+class AdminOnly(ArrayError):
+    """Management (volumes, pairs) is refused to authenticated hosts: it is the administrator's."""
+
+    status = Status.ADMIN_ONLY
+
+
 class StoreLocked(Exception):
     """Another process owns the array root."""
 
@@ -91,6 +115,10 @@ _BY_STATUS = {
         VolumeHidden,
         ReservationConflict,
         CommandRejected,
+        AuthenticationFailed,
+        AuthenticationRequired,
+        VolumeMasked,
+        AdminOnly,
     )
 }
 

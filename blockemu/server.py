@@ -9,6 +9,12 @@ behind it. Responses carry the request's tag and may overtake each other.
 A write is acknowledged only after ``pwrite`` returned, i.e. the data is in
 the kernel's page cache: killing the server (even with SIGKILL) cannot lose
 it. Surviving power loss is what FLUSH and FUA are for.
+
+With a hosts config (``serve --hosts``), TCP connections must authenticate
+(HELLO + AUTH, :mod:`blockemu.auth`) before anything else, and an
+authenticated host reaches only the LDEVs of its group and no management
+op (:meth:`ArrayServer.authorize`). Unix-socket connections that do not
+authenticate are the administrator's. Without a config nothing is checked.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
 
 from formats.errors import FormatError
+from formats.hosts_config import HostEntry, HostsConfig
 from formats.units import format_ldev, parse_ldev
 from formats.volume_header import MirrorMode, header_to_dict
 from formats.wire import (
@@ -38,9 +46,20 @@ from formats.wire import (
     encode_json,
 )
 
+from . import auth
 from .address import Address, open_listeners
 from .array import Array
-from .errors import ArrayError, BadRequest, TooLarge, Unsupported, VolumeIOError
+from .errors import (
+    AdminOnly,
+    ArrayError,
+    AuthenticationFailed,
+    AuthenticationRequired,
+    BadRequest,
+    TooLarge,
+    Unsupported,
+    VolumeIOError,
+    VolumeMasked,
+)
 from .pairstate import Command
 from .replication import MAX_PACE, Pair
 
@@ -52,29 +71,50 @@ _PAIR_COMMANDS = {
     Op.PAIR_DELETE: Command.DELETE,
 }
 
+#: What an authenticated host may do on LDEVs of its group (any other LDEV: MASKED).
+_HOST_LDEV_OPS = frozenset(
+    {Op.READ, Op.WRITE, Op.FLUSH, Op.DISCARD, Op.SHOW, Op.READ_PVID}
+    | {Op.RESERVE, Op.RELEASE, Op.PREEMPT}
+)
+#: What else it may do; every other operation is the administrator's (ADMIN_ONLY).
+_HOST_OPS = frozenset({Op.HELLO, Op.AUTH, Op.LIST})
+
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 1 << 20
 
-
 class Connection:
-    """What the server remembers about one client: the host it speaks for."""
+    """What the server remembers about one client: the host it speaks for, and its rights.
 
-    def __init__(self, peer: str) -> None:
+    ``restricted`` connections are checked op by op (:meth:`ArrayServer.authorize`):
+    TCP connections to an array with a hosts config from the start, any connection
+    once it authenticated. The others (unix sockets, or an array without a hosts
+    config) are the administrator's and may do everything.
+    """
+
+    def __init__(self, peer: str, *, restricted: bool = False) -> None:
         self.peer = peer
         self.host = ""
+        self.restricted = restricted
+        self.entry: HostEntry | None = None  # the authenticated host
+        self.challenge: auth.Challenge | None = None  # between HELLO and AUTH
+        self.hang_up = False  # close the connection after this answer
+        self.masked_logged: set[int] = set()
+        self.unauthenticated_logged = False
 
 
 class ArrayServer:
     """Answers frames against one :class:`Array`."""
 
-    def __init__(self, array: Array) -> None:
+    def __init__(self, array: Array, hosts: HostsConfig | None = None) -> None:
         self.array = array
+        self.hosts = hosts
         self._sync_ops: dict[int, Callable[[Connection, Frame], bytes]] = {
             Op.READ: self._read,
             Op.WRITE: self._write,
             Op.DISCARD: self._discard,
             Op.HELLO: self._hello,
+            Op.AUTH: self._auth,
             Op.CREATE: self._create,
             Op.LIST: self._list,
             Op.SHOW: self._show,
@@ -140,12 +180,50 @@ class ArrayServer:
     # -- hosts, volumes, reservations ----------------------------------
 
     def _hello(self, conn: Connection, frame: Frame) -> bytes:
-        host = self._args(frame).get("host")
-        if not isinstance(host, str) or not host or len(host) > 64:
-            raise BadRequest("HELLO needs a host id: a non-empty string of at most 64 characters")
-        conn.host = host
-        log.info("%s speaks for host %r", conn.peer, host)
-        return b""
+        hello = auth.parse_hello(self._args(frame))
+        if conn.entry is not None:
+            raise self._already(conn.entry)
+        if hello.client_nonce is None or self.hosts is None:
+            # Naming a host, as before; with a client nonce the client sees no challenge
+            # in the (empty) answer and refuses an array that cannot authenticate.
+            if conn.restricted:
+                raise self._auth_required()
+            conn.host = hello.host
+            log.info("%s speaks for host %r", conn.peer, hello.host)
+            return b""
+        conn.challenge = auth.Challenge.new(hello)
+        return encode_json(conn.challenge.answer())
+
+    def _auth(self, conn: Connection, frame: Frame) -> bytes:
+        if self.hosts is None:
+            raise Unsupported(
+                "this array was started without --hosts: it authenticates no host; "
+                "connect without a key"
+            )
+        if conn.entry is not None:
+            raise self._already(conn.entry)
+        challenge, conn.challenge = conn.challenge, None  # a server nonce is used once
+        claimed = challenge.host if challenge else ""
+        entry = self.hosts.host(claimed) if challenge else None
+        try:
+            if challenge is None:
+                raise auth.Refused("AUTH without a HELLO with a client nonce before it")
+            answer = challenge.verify(entry.key if entry else None, self._args(frame))
+        except (auth.Refused, BadRequest) as exc:
+            conn.hang_up = True
+            log.warning(
+                "%s: authentication as host %r refused: %s; closing the connection",
+                conn.peer,
+                claimed,
+                exc,
+            )
+            raise AuthenticationFailed(auth.refusal_message(claimed)) from None
+        assert entry is not None
+        conn.entry, conn.host, conn.restricted = entry, entry.name, True
+        log.info(
+            "%s authenticated as host %r (LDEVs %s)", conn.peer, entry.name, entry.describe_ldevs()
+        )
+        return encode_json(answer)
 
     def _create(self, conn: Connection, frame: Frame) -> bytes:
         args = self._args(frame)
@@ -159,11 +237,26 @@ class ArrayServer:
         return encode_json(header_to_dict(vol.header))
 
     def _list(self, conn: Connection, frame: Frame) -> bytes:
+        volumes = self.array.store.list()
+        broken = self.array.store.broken
+        reservations = self.array.reservations.as_dict()
+        if conn.entry is not None:  # a host sees its group only
+            mine = conn.entry.ldevs
+
+            def visible(name: str) -> bool:
+                try:
+                    return parse_ldev(name.removesuffix(".vol").replace("-", ":")) in mine
+                except FormatError:
+                    return False
+
+            volumes = [v for v in volumes if v.header.ldev in mine]
+            broken = {k: v for k, v in broken.items() if visible(k)}
+            reservations = {k: v for k, v in reservations.items() if parse_ldev(k) in mine}
         return encode_json(
             {
-                "volumes": [header_to_dict(v.header) for v in self.array.store.list()],
-                "broken": self.array.store.broken,
-                "reservations": self.array.reservations.as_dict(),
+                "volumes": [header_to_dict(v.header) for v in volumes],
+                "broken": broken,
+                "reservations": reservations,
             }
         )
 
@@ -232,12 +325,62 @@ class ArrayServer:
     def _pair_display(self, conn: Connection, frame: Frame) -> bytes:
         return self._pairs_answer(self._select(self._args(frame)))
 
+    # -- access control ----------------------------------------------------
+
+    @staticmethod
+    def _already(entry: HostEntry) -> BadRequest:
+        return BadRequest(
+            f"this connection is already authenticated as host {entry.name!r}; "
+            "open another connection to act as another host"
+        )
+
+    @staticmethod
+    def _auth_required() -> AuthenticationRequired:
+        return AuthenticationRequired(
+            "this array authenticates hosts on TCP: connect with --host ID --key-file FILE "
+            "(the host's key from the array's hosts config)"
+        )
+
+    def authorize(self, conn: Connection, frame: Frame) -> None:
+        """Refuse what a restricted connection may not do (raises)."""
+        entry = conn.entry
+        if entry is None:
+            if frame.op not in (Op.HELLO, Op.AUTH):
+                if not conn.unauthenticated_logged:
+                    conn.unauthenticated_logged = True
+                    log.warning("%s: refused %s: not authenticated", conn.peer, _op_name(frame))
+                raise self._auth_required()
+        elif frame.op in _HOST_LDEV_OPS:
+            if frame.ldev not in entry.ldevs:
+                ldev = format_ldev(frame.ldev)
+                if frame.ldev not in conn.masked_logged:
+                    conn.masked_logged.add(frame.ldev)
+                    log.warning(
+                        "%s: host %r refused %s on LDEV %s: not in its host group",
+                        conn.peer,
+                        entry.name,
+                        _op_name(frame),
+                        ldev,
+                    )
+                raise VolumeMasked(
+                    f"LDEV {ldev} is masked from host {entry.name!r}: it is not in the host's "
+                    "group; the array administrator can add it to the host's ldevs in the "
+                    "hosts config"
+                )
+        elif frame.op not in _HOST_OPS and frame.op in self._sync_ops:
+            raise AdminOnly(
+                f"{_op_name(frame)} is refused to host {entry.name!r}: managing volumes and "
+                "pairs is for the array administrator (on the array's unix socket)"
+            )
+
     # -- dispatch ------------------------------------------------------
 
     def handle(self, conn: Connection, frame: Frame) -> tuple[int, bytes]:
         """Answer one synchronous request: (status, payload)."""
         op = self._sync_ops.get(frame.op)
         try:
+            if conn.restricted:
+                self.authorize(conn, frame)
             if op is None:
                 raise Unsupported(f"unknown operation {frame.op}; upgrade the array")
             return Status.OK, op(conn, frame)
@@ -251,6 +394,8 @@ class ArrayServer:
     async def flush(self, conn: Connection, frame: Frame) -> tuple[int, bytes]:
         """FLUSH, and WRITE with FUA: the pwrite part already ran inline."""
         try:
+            if conn.restricted:
+                self.authorize(conn, frame)
             flush = self.array.flusher(conn.host, frame.ldev, frame.pvid)
             await trio.to_thread.run_sync(flush)
         except ArrayError as exc:
@@ -259,9 +404,15 @@ class ArrayServer:
             return Status.IO_ERROR, f"LDEV {format_ldev(frame.ldev)}: flush failed: {exc}".encode()
         return Status.OK, b""
 
-    async def serve_connection(self, stream: trio.abc.Stream, peer: str) -> None:
-        """Answer frames from one client until it hangs up or sends garbage."""
-        conn = Connection(peer)
+    async def serve_connection(
+        self, stream: trio.abc.Stream, peer: str, *, restricted: bool = False
+    ) -> None:
+        """Answer frames from one client until it hangs up or sends garbage.
+
+        *restricted*: the client must authenticate before anything else (TCP
+        to an array with a hosts config).
+        """
+        conn = Connection(peer, restricted=restricted and self.hosts is not None)
         send_lock = trio.Lock()
 
         async def respond(frame: Frame, status: int, payload: bytes) -> None:
@@ -304,6 +455,8 @@ class ArrayServer:
                         nursery.start_soon(flush_and_respond, frame)
                     else:
                         await respond(frame, status, payload)
+                    if conn.hang_up:
+                        return  # refused authentication: the answer went out, nothing more
 
         try:
             async with trio.open_nursery() as nursery:
@@ -322,14 +475,33 @@ class ArrayServer:
             await trio.aclose_forcefully(stream)
 
 
+def _op_name(frame: Frame) -> str:
+    try:
+        return Op(frame.op).name
+    except ValueError:
+        return f"operation {frame.op}"
+
+
 async def serve(
     array: Array,
     addresses: Sequence[Address],
     *,
+    hosts: HostsConfig | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve *array* on *addresses* until cancelled; reports the bound addresses."""
-    server = ArrayServer(array)
+    """Serve *array* on *addresses* until cancelled; reports the bound addresses.
+
+    With *hosts*, TCP clients must authenticate as
+    one of its hosts and see only that host's LDEVs; unix-socket clients are the
+    administrator unless they authenticate.
+    """
+    server = ArrayServer(array, hosts)
+    if server.hosts is not None:
+        log.info(
+            "hosts config %s: %s; TCP clients must authenticate",
+            server.hosts.path,
+            ", ".join(f"{h.name} (LDEVs {h.describe_ldevs()})" for h in server.hosts.hosts),
+        )
     listeners: list[trio.SocketListener] = []
     bound: list[str] = []
     for addr in addresses:
@@ -343,11 +515,15 @@ async def serve(
     async def handler(stream: trio.SocketStream) -> None:
         nonlocal counter
         counter += 1
-        try:
-            peer = str(stream.socket.getpeername() or f"unix-client-{counter}")
-        except OSError:
-            peer = f"client-{counter}"
-        await server.serve_connection(stream, peer)
+        tcp = stream.socket.family != socket.AF_UNIX
+        peer = f"unix-client-{counter}"
+        if tcp:
+            try:
+                ip, port = stream.socket.getpeername()[:2]
+                peer = f"tcp:[{ip}]:{port}" if ":" in ip else f"tcp:{ip}:{port}"
+            except OSError:
+                peer = f"client-{counter}"
+        await server.serve_connection(stream, peer, restricted=tcp)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -362,12 +538,23 @@ async def serve(
 
 
 async def run_until_signalled(
-    array: Array, addresses: Sequence[Address], announce: Callable[[list[str]], None]
+    array: Array,
+    addresses: Sequence[Address],
+    announce: Callable[[list[str]], None],
+    extra: Callable[[trio.Nursery], Awaitable[None]] | None = None,
+    hosts: HostsConfig | None = None,
 ) -> None:
-    """What `blockemu serve` runs: serve until SIGTERM or SIGINT, then stop cleanly."""
+    """What `blockemu serve` runs: serve until SIGTERM or SIGINT, then stop cleanly.
+
+    *extra*, if given, starts more services in the same nursery (the FUSE
+    mount) once the server is up and before the announcement; they are
+    cancelled with it. *hosts* is the hosts config (see :func:`serve`).
+    """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(serve, array, addresses)
+            bound = await nursery.start(functools.partial(serve, array, addresses, hosts=hosts))
+            if extra is not None:
+                await extra(nursery)
             announce(bound)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)

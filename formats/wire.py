@@ -47,7 +47,8 @@ class Op(enum.IntEnum):
     WRITE = 2
     FLUSH = 3
     DISCARD = 4
-    HELLO = 16  # names the host this connection acts for (JSON {"host": id})
+    HELLO = 16  # names the host this connection acts for (JSON {"host": id[, "client_nonce"]})
+    AUTH = 17  # proves the host knows its key (JSON {"mac": hex}); see blockemu.auth
     # management
     CREATE = 32
     LIST = 33
@@ -85,6 +86,10 @@ class Status(enum.IntEnum):
     HIDDEN = 11  # the LDEV is a paired S-VOL: hosts cannot use it until a split
     RESERVED = 12  # reservation conflict: another host holds the control right
     REJECTED = 13  # the pair's state does not allow the command
+    AUTH_FAILED = 14  # unknown host or wrong key; the array closes the connection after this
+    AUTH_REQUIRED = 15  # this connection must authenticate (HELLO + AUTH) first
+    MASKED = 16  # the LDEV is not in the host group of the authenticated host
+    ADMIN_ONLY = 17  # management is for the array administrator, not for an authenticated host
 
 
 class Flag(enum.IntFlag):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,13 +36,28 @@ def require_privileged(what: str) -> None:
 
 
 class ArrayProcess:
-    """A `blockemu serve` child process on ROOT, listening on unix and tcp."""
+    """A `blockemu serve` child process on ROOT, listening on unix and tcp.
 
-    def __init__(self, root: Path, sock: Path, log: Path) -> None:
+    With *mount*, it also mounts the array view there (`serve --mount`);
+    *extra_args* go to `serve` as they are (e.g. ``["--hosts", FILE]``).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        sock: Path,
+        log: Path,
+        *,
+        mount: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.root, self.sock, self.log = root, sock, log
+        self.mount = mount
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.unix: Address = parse_address(f"unix:{sock}")
         self.tcp: Address | None = None
+        self.banner = ""  # the "listening on" line of the last start
 
     def start(self, timeout: float = 15.0) -> None:
         if self.proc and self.proc.stdout:
@@ -59,6 +74,9 @@ class ArrayProcess:
             "--listen",
             "tcp:127.0.0.1:0",
         ]
+        if self.mount is not None:
+            cmd += ["--mount", str(self.mount)]
+        cmd += self.extra_args
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
         assert self.proc.stdout is not None
@@ -74,7 +92,8 @@ class ArrayProcess:
             if not chunk:
                 raise AssertionError(f"array exited at start: {self.log.read_text()}")
             line += chunk
-        bound = line.decode().split("listening on ")[1].split()
+        self.banner = line.decode()
+        bound = self.banner.split("listening on ")[1].split()
         self.tcp = parse_address(next(a for a in bound if a.startswith("tcp:")))
 
     @property

@@ -1,0 +1,176 @@
+"""A host's view: the devices of its disk-info buffer, as files in a FUSE mount.
+
+`blockemu attach` runs this on a cluster node. Each file is one device of the
+host's buffer; every read, write and flush goes to the array over TCP or a
+unix socket with the LDEV **and the PVID the buffer holds**. The array refuses
+a PVID that is no longer the volume's, so after a split of a volume this host
+has not refreshed, I/O fails with EIO and the mount logs one line naming the
+device, the LDEV, the PVID held and the PVID on the array. That is the
+patent's failure, on demand; `blockemu host refresh` (or nodeagent's
+protocol) is the cure, and the mount picks the refreshed buffer up at once.
+
+The connection to the array is kept open and re-established if it drops
+(the array restarted): I/O waits for it a few seconds, then fails with EIO.
+A write retried after a lost connection is idempotent (same bytes, same place).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from formats.host_buffer import BufferEntry
+from formats.units import format_ldev
+
+from .address import Address
+from .client import ArrayClient, ConnectionLost, open_client
+from .errors import ArrayError, OutOfRange, StaleIdentity
+from .fusefs import BackendIOError, Device, VolumeFS, run_mount
+from .hostbuffer import HostBuffer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: How long I/O waits for a lost connection to the array to come back.
+RECONNECT_WAIT = 5.0
+
+
+class HostBackend:
+    """:class:`~blockemu.fusefs.Backend` forwarding to the array as one host."""
+
+    def __init__(self, addr: Address, host: str, key: bytes | None, buffer: HostBuffer) -> None:
+        self.addr = addr
+        self.host = host
+        self.key = key
+        self.buffer = buffer
+        self._client: ArrayClient | None = None
+        self._connected = trio.Event()
+        self._lost = trio.Event()
+        self._reported: set[tuple[str, bytes]] = set()
+
+    # -- the connection --------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a connection to the array open; reports started once connected."""
+        started = False
+        delay = 0.1
+        while True:
+            try:
+                async with open_client(self.addr, host=self.host, key=self.key) as client:
+                    self._client = client
+                    self._connected.set()
+                    delay = 0.1
+                    log.info("connected to the array at %s as host %s", self.addr, self.host)
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await self._lost.wait()
+            except (OSError, ArrayError) as exc:
+                if not started:
+                    raise
+                log.warning("array at %s: %s; reconnecting", self.addr, exc)
+            self._client = None
+            self._connected = trio.Event()
+            self._lost = trio.Event()
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _call(self, fn: Callable[[ArrayClient], Awaitable[T]]) -> T:
+        for _attempt in range(3):
+            with trio.move_on_after(RECONNECT_WAIT):
+                await self._connected.wait()
+            client = self._client
+            if client is None:
+                break
+            try:
+                return await fn(client)
+            except ConnectionLost:
+                self._lost.set()
+        raise BackendIOError(f"the array at {self.addr} is unreachable", errno.EIO)
+
+    # -- the Backend protocol --------------------------------------------
+
+    def devices(self) -> list[Device]:
+        try:
+            self.buffer.reload_if_changed()
+        except Exception as exc:  # a damaged buffer file: keep serving the last good one
+            log.error("cannot reload %s: %s", self.buffer.path, exc)
+        return [Device(e.device, e.info.size, e.info.block_size) for e in self.buffer.entries]
+
+    def _entry(self, name: str) -> BufferEntry:
+        entry = self.buffer.get(name)
+        if entry is None:
+            raise BackendIOError(f"{name} is no longer in the buffer", errno.ENOENT)
+        return entry
+
+    async def _refused(self, entry: BufferEntry, exc: ArrayError) -> BackendIOError:
+        if isinstance(exc, OutOfRange):
+            return BackendIOError(str(exc), errno.ENOSPC)
+        if isinstance(exc, StaleIdentity):
+            try:
+                current = (await self._call(lambda c: c.read_pvid(entry.ldev))).hex()
+            except (ArrayError, BackendIOError):
+                current = "unknown"
+            key = (entry.device, entry.pvid)
+            message = (
+                f"{entry.device}: stale identity: LDEV {format_ldev(entry.ldev)} has PVID "
+                f"{current} on the array, this host holds {entry.pvid.hex()}; refresh the "
+                f"buffer (blockemu host refresh {entry.device})"
+            )
+            if key not in self._reported:
+                self._reported.add(key)
+                log.error("%s", message)
+            return BackendIOError(message, errno.EIO)
+        return BackendIOError(f"{entry.device} (LDEV {format_ldev(entry.ldev)}): {exc}", errno.EIO)
+
+    async def read(self, name: str, offset: int, size: int) -> bytes:
+        entry = self._entry(name)
+        try:
+            return await self._call(lambda c: c.read(entry.ldev, entry.pvid, offset, size))
+        except ArrayError as exc:
+            raise await self._refused(entry, exc) from None
+
+    async def write(self, name: str, offset: int, data: bytes) -> None:
+        entry = self._entry(name)
+        try:
+            await self._call(lambda c: c.write(entry.ldev, entry.pvid, offset, data))
+        except ArrayError as exc:
+            raise await self._refused(entry, exc) from None
+
+    async def flush(self, name: str) -> None:
+        entry = self._entry(name)
+        try:
+            await self._call(lambda c: c.flush(entry.ldev, entry.pvid))
+        except ArrayError as exc:
+            raise await self._refused(entry, exc) from None
+
+
+async def run_attach(
+    addr: Address,
+    host: str,
+    key: bytes | None,
+    buffer: HostBuffer,
+    mountpoint: str,
+    announce: Callable[[], None],
+) -> None:
+    """What `blockemu attach` runs: connect, mount, serve until SIGTERM/SIGINT, unmount."""
+    backend = HostBackend(addr, host, key, buffer)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(backend.run)
+            await nursery.start(
+                lambda task_status: run_mount(
+                    VolumeFS(backend), mountpoint, fsname=f"blockemu-host:{host}",
+                    task_status=task_status,
+                )
+            )  # fmt: skip
+            announce()
+            async for signum in signals:
+                log.info("received %s, unmounting", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
