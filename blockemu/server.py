@@ -83,6 +83,7 @@ log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 1 << 20
 
+
 class Connection:
     """What the server remembers about one client: the host it speaks for, and its rights.
 
