@@ -26,7 +26,9 @@ from formats.volume_header import (
     PairStatus,
     VolumeHeader,
 )
+from formats.wire import MAX_IO
 
+from .bitmap import TRACK_SIZE
 from .copyengine import CopyEngine, detect_engine
 from .errors import (
     BadRequest,
@@ -43,6 +45,23 @@ from .store import Volume, VolumeStore
 log = logging.getLogger(__name__)
 
 SPLIT_NONE, SPLIT_STEADY, SPLIT_QUICK = None, "steady", "quick"
+
+
+_ZEROS = memoryview(bytes(MAX_IO))
+
+
+def _zero_tracks(offset: int, data: bytes) -> tuple[int, int] | None:
+    """The whole tracks ``[start, end)`` that *data* at *offset* fills with zeros, if any."""
+    if len(data) < TRACK_SIZE or not isinstance(data, bytes):
+        return None
+    start = -(-offset // TRACK_SIZE) * TRACK_SIZE
+    end = (offset + len(data)) // TRACK_SIZE * TRACK_SIZE
+    if end <= start or end - start > len(_ZEROS):
+        return None
+    # startswith compares in place (memcmp), no copies: ~13 us for 512 KiB.
+    if not data.startswith(_ZEROS[: end - start], start - offset):
+        return None
+    return start, end
 
 
 class Array:
@@ -218,9 +237,31 @@ class Array:
         return pair.read(vol, offset, count) if pair else vol.pread(offset, count)
 
     def write(self, host: str, ldev: int, pvid: bytes, offset: int, data: bytes) -> None:
+        """Write *data*; whole tracks of zeros in it become holes instead (and stay sparse).
+
+        pyfuse3 has no fallocate handler, so `fstrim`/`blkdiscard` cannot reach
+        the array through a mount; zero-filling (``mkfs``, ``dd if=/dev/zero``)
+        is what keeps volumes sparse instead.
+        """
         vol, pair = self.io_volume(host, ldev, pvid)
+        vol.check_range(offset, len(data))
+        zeros = _zero_tracks(offset, data)
+        if zeros is None:
+            self._write(vol, pair, offset, data)
+            return
+        start, end = zeros
+        if start > offset:
+            self._write(vol, pair, offset, data[: start - offset])
         if pair:
-            vol.check_range(offset, len(data))
+            pair.discard(vol, start, end - start)
+        else:
+            vol.discard(start, end - start)
+        if offset + len(data) > end:
+            self._write(vol, pair, end, data[end - offset :])
+
+    @staticmethod
+    def _write(vol: Volume, pair: Pair | None, offset: int, data: bytes) -> None:
+        if pair:
             pair.write(vol, offset, data)
         else:
             vol.pwrite(offset, data)

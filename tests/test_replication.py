@@ -316,3 +316,26 @@ async def test_background_copier_runs_in_the_array_task(array: Array) -> None:
                 await trio.sleep(0.01)
         assert raw(array, S) == raw(array, P)
         nursery.cancel_scope.cancel()
+
+
+def test_zero_writes_over_whole_tracks_punch_holes(array: Array) -> None:
+    pair = formed(array, size=16 * MiB)
+    pair.drain()
+    write(array, P, 0, os.urandom(8 * MiB))
+    p_fd, s_fd = array.store.get(P).fd, array.store.get(S).fd
+
+    def allocated(fd: int) -> int:
+        return sum(n for _, n in data_extents(fd, DATA_OFFSET, DATA_OFFSET + 16 * MiB))
+
+    assert allocated(p_fd) >= 8 * MiB and allocated(s_fd) >= 8 * MiB
+    # 2 MiB of zeros starting mid-track: the whole tracks inside become holes on both sides,
+    # the partial tracks at the ends are written.
+    write(array, P, MiB + 4096, bytes(2 * MiB))
+    assert raw(array, P, MiB, 3 * MiB) == raw(array, S, MiB, 3 * MiB)
+    assert raw(array, P, MiB + 4096, 2 * MiB) == bytes(2 * MiB)
+    assert raw(array, P, MiB, 4096) != bytes(4096)
+    assert allocated(p_fd) <= 8 * MiB - 2 * MiB + 2 * TRACK_SIZE
+    assert allocated(s_fd) <= 8 * MiB - 2 * MiB + 2 * TRACK_SIZE
+    small = bytes(4096)  # shorter than a track: written as it is
+    write(array, P, 6 * MiB, small)
+    assert raw(array, P, 6 * MiB, 4096) == small
