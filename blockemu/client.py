@@ -208,6 +208,12 @@ class ArrayClient:
     async def release(self, ldev: int) -> None:
         await self._manage(Op.RELEASE, ldev)
 
+    async def reservation(self, ldev: int) -> tuple[str | None, float | None]:
+        """(holder, seconds since the holder last renewed), or (None, None) if unreserved."""
+        answer = await self._manage(Op.RESERVATION, ldev)
+        age = answer["age"]
+        return answer["holder"], None if age is None else float(age)
+
     async def preempt(self, ldev: int) -> str | None:
         """Take the reservation over; returns the host that held it."""
         previous = (await self._manage(Op.PREEMPT, ldev))["previous"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from formats.units import format_ldev, parse_ldev
@@ -22,6 +23,7 @@ class Reservations:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._holders: dict[int, str] = {}
+        self._renewed: dict[int, float] = {}
         if path.exists():
             try:
                 raw = json.loads(path.read_text())
@@ -31,6 +33,8 @@ class Reservations:
                     f"{path}: reservation table unreadable ({exc}); fix or delete the file "
                     "(deleting it releases every reservation)"
                 ) from None
+        now = time.monotonic()
+        self._renewed = {ldev: now for ldev in self._holders}
 
     def holder(self, ldev: int) -> str | None:
         return self._holders.get(ldev)
@@ -45,9 +49,18 @@ class Reservations:
                 "wait for its release, or preempt it to fence that host"
             )
 
+    def status(self, ldev: int) -> tuple[str | None, float | None]:
+        """(holder, seconds since it last reserved or preempted), or (None, None)."""
+        holder = self._holders.get(ldev)
+        if holder is None:
+            return None, None
+        return holder, time.monotonic() - self._renewed[ldev]
+
     def reserve(self, ldev: int, host: str) -> None:
+        """Take the reservation, or renew it if *host* holds it already."""
         self._require_host(host)
         self.check(ldev, host)
+        self._renewed[ldev] = time.monotonic()
         if self._holders.get(ldev) != host:
             self._holders[ldev] = host
             self._save()
@@ -60,6 +73,7 @@ class Reservations:
             return
         self.check(ldev, host)
         del self._holders[ldev]
+        self._renewed.pop(ldev, None)
         self._save()
 
     def preempt(self, ldev: int, host: str) -> str | None:
@@ -67,11 +81,13 @@ class Reservations:
         self._require_host(host)
         previous = self._holders.get(ldev)
         self._holders[ldev] = host
+        self._renewed[ldev] = time.monotonic()
         self._save()
         return previous
 
     def drop(self, ldev: int) -> None:
         """Forget a deleted volume's reservation."""
+        self._renewed.pop(ldev, None)
         if self._holders.pop(ldev, None) is not None:
             self._save()
 

@@ -74,7 +74,11 @@ _PAIR_COMMANDS = {
 #: What an authenticated host may do on LDEVs of its group (any other LDEV: MASKED).
 _HOST_LDEV_OPS = frozenset(
     {Op.READ, Op.WRITE, Op.FLUSH, Op.DISCARD, Op.SHOW, Op.READ_PVID}
-    | {Op.RESERVE, Op.RELEASE, Op.PREEMPT}
+    | {Op.RESERVE, Op.RELEASE, Op.PREEMPT, Op.RESERVATION}
+)
+#: Pair commands a host with ``replication = true`` may run on pairs inside its group.
+_REPLICATION_OPS = frozenset(
+    {Op.PAIR_SPLIT, Op.PAIR_RESYNC, Op.PAIR_RESTORE, Op.PAIR_SUSPEND, Op.PAIR_DISPLAY}
 )
 #: What else it may do; every other operation is the administrator's (ADMIN_ONLY).
 _HOST_OPS = frozenset({Op.HELLO, Op.AUTH, Op.LIST})
@@ -124,6 +128,7 @@ class ArrayServer:
             Op.RESERVE: self._reserve,
             Op.RELEASE: self._release,
             Op.PREEMPT: self._preempt,
+            Op.RESERVATION: self._reservation,
             Op.PAIR_CREATE: self._pair_create,
             Op.PAIR_DISPLAY: self._pair_display,
         }
@@ -149,14 +154,32 @@ class ArrayServer:
             raise BadRequest("management request body must be a JSON object")
         return value
 
-    def _select(self, args: dict[str, Any]) -> list[Pair]:
+    def _select(self, conn: Connection, args: dict[str, Any]) -> list[Pair]:
+        """The pairs a request names; an authenticated host only gets its own."""
         try:
             pvol = None if args.get("pvol") is None else parse_ldev(str(args["pvol"]))
             svol = None if args.get("svol") is None else parse_ldev(str(args["svol"]))
             group = None if args.get("group") is None else int(args["group"])
         except (FormatError, TypeError, ValueError) as exc:
             raise BadRequest(f"bad pair selector: {exc}") from None
-        return self.array.select(pvol=pvol, svol=svol, group=group)
+        entry = conn.entry
+        if entry is None:
+            return self.array.select(pvol=pvol, svol=svol, group=group)
+        own = [p for p in self.array.pairs.values() if {p.pvol.ldev, p.svol.ldev} <= entry.ldevs]
+        if pvol is None and svol is None and group is None:
+            return sorted(own, key=lambda p: p.pvol.ldev)
+        for ldev in (pvol, svol):
+            if ldev is not None and ldev not in entry.ldevs:
+                raise VolumeMasked(
+                    f"LDEV {format_ldev(ldev)} is masked from host {entry.name!r}: it is not in "
+                    "the host's group"
+                )
+        pairs = self.array.select(pvol=pvol, svol=svol, group=group)
+        if any(p not in own for p in pairs):
+            raise VolumeMasked(
+                f"a pair of that selection has a volume outside host {entry.name!r}'s group"
+            )
+        return pairs
 
     def _pairs_answer(self, pairs: list[Pair]) -> bytes:
         return encode_json({"pairs": [self.array.describe(p) for p in pairs]})
@@ -281,6 +304,11 @@ class ArrayServer:
         self.array.reservations.release(frame.ldev, conn.host)
         return b""
 
+    def _reservation(self, conn: Connection, frame: Frame) -> bytes:
+        self.array.store.get(frame.ldev)
+        holder, age = self.array.reservations.status(frame.ldev)
+        return encode_json({"holder": holder, "age": age})
+
     def _preempt(self, conn: Connection, frame: Frame) -> bytes:
         self.array.store.get(frame.ldev)
         previous = self.array.reservations.preempt(frame.ldev, conn.host)
@@ -319,12 +347,12 @@ class ArrayServer:
 
     def _pair_command(self, command: Command, conn: Connection, frame: Frame) -> bytes:
         args = self._args(frame)
-        pairs = self._select(args)
+        pairs = self._select(conn, args)
         self.array.pair_command(command, pairs, quick=bool(args.get("quick", False)))
         return self._pairs_answer([p for p in pairs if not p.closed])
 
     def _pair_display(self, conn: Connection, frame: Frame) -> bytes:
-        return self._pairs_answer(self._select(self._args(frame)))
+        return self._pairs_answer(self._select(conn, self._args(frame)))
 
     # -- access control ----------------------------------------------------
 
@@ -368,6 +396,8 @@ class ArrayServer:
                     "group; the array administrator can add it to the host's ldevs in the "
                     "hosts config"
                 )
+        elif frame.op in _REPLICATION_OPS and entry.replication:
+            pass  # _select keeps it to the host's own pairs
         elif frame.op not in _HOST_OPS and frame.op in self._sync_ops:
             raise AdminOnly(
                 f"{_op_name(frame)} is refused to host {entry.name!r}: managing volumes and "

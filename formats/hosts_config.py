@@ -39,7 +39,7 @@ MAX_KEY_FILE_SIZE = 64 << 10
 #: What a host id may be: it travels in HELLO, shows in logs and reservations.
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-_HOST_KEYS = ("key_file", "ldevs")
+_HOST_KEYS = ("key_file", "ldevs", "replication")
 
 
 def _key_hint(name: str = "HOST.key") -> str:
@@ -54,6 +54,9 @@ class HostEntry:
     key: bytes = field(repr=False)
     ldevs: frozenset[int]
     key_file: Path
+    #: May run pair commands on pairs whose two volumes are both in its group
+    #: (what a cluster node's agent needs for the patent's split and resync).
+    replication: bool = False
 
     def describe_ldevs(self) -> str:
         """The host group as people write it: ``00:10, 00:20-00:2F`` (or ``none``)."""
@@ -219,9 +222,13 @@ class _Checker:
         self.unknown_keys(where, table, _HOST_KEYS)
         key, key_file = self.key(where, table)
         ldevs = self.ldevs(where, table)
+        replication = table.get("replication", False)
+        if not isinstance(replication, bool):
+            self.problem(f"{where}.replication", "must be true or false")
+            ok = False
         if not ok or key is None or key_file is None or ldevs is None:
             return None
-        return HostEntry(name, key, ldevs, key_file)
+        return HostEntry(name, key, ldevs, key_file, replication)
 
     def key(self, where: str, table: dict[str, Any]) -> tuple[bytes | None, Path | None]:
         value = table.get("key_file")

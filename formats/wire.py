@@ -59,6 +59,7 @@ class Op(enum.IntEnum):
     RESERVE = 40
     RELEASE = 41
     PREEMPT = 42
+    RESERVATION = 43  # who holds the control right, and how long since it was renewed
     # pairs (JSON bodies)
     PAIR_CREATE = 48
     PAIR_SPLIT = 49
