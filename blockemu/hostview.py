@@ -28,7 +28,8 @@ from formats.host_buffer import BufferEntry
 from formats.units import format_ldev
 
 from .address import Address
-from .client import ArrayClient, ConnectionLost, open_client
+from .client import ArrayClient
+from .connection import ArrayConnection, ArrayUnavailable
 from .errors import ArrayError, OutOfRange, StaleIdentity
 from .fusefs import BackendIOError, Device, VolumeFS, run_mount
 from .hostbuffer import HostBuffer
@@ -36,8 +37,6 @@ from .hostbuffer import HostBuffer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-#: How long I/O waits for a lost connection to the array to come back.
-RECONNECT_WAIT = 5.0
 
 
 class HostBackend:
@@ -45,53 +44,18 @@ class HostBackend:
 
     def __init__(self, addr: Address, host: str, key: bytes | None, buffer: HostBuffer) -> None:
         self.addr = addr
-        self.host = host
-        self.key = key
+        self.connection = ArrayConnection(addr, host=host, key=key)
         self.buffer = buffer
-        self._client: ArrayClient | None = None
-        self._connected = trio.Event()
-        self._lost = trio.Event()
         self._reported: set[tuple[str, bytes]] = set()
 
-    # -- the connection --------------------------------------------------
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep a connection to the array open; reports started once connected."""
-        started = False
-        delay = 0.1
-        while True:
-            try:
-                async with open_client(self.addr, host=self.host, key=self.key) as client:
-                    self._client = client
-                    self._connected.set()
-                    delay = 0.1
-                    log.info("connected to the array at %s as host %s", self.addr, self.host)
-                    if not started:
-                        task_status.started()
-                        started = True
-                    await self._lost.wait()
-            except (OSError, ArrayError) as exc:
-                if not started:
-                    raise
-                log.warning("array at %s: %s; reconnecting", self.addr, exc)
-            self._client = None
-            self._connected = trio.Event()
-            self._lost = trio.Event()
-            await trio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        await self.connection.run(task_status=task_status)
 
     async def _call(self, fn: Callable[[ArrayClient], Awaitable[T]]) -> T:
-        for _attempt in range(3):
-            with trio.move_on_after(RECONNECT_WAIT):
-                await self._connected.wait()
-            client = self._client
-            if client is None:
-                break
-            try:
-                return await fn(client)
-            except ConnectionLost:
-                self._lost.set()
-        raise BackendIOError(f"the array at {self.addr} is unreachable", errno.EIO)
+        try:
+            return await self.connection.call(fn)
+        except ArrayUnavailable as exc:
+            raise BackendIOError(str(exc), errno.EIO) from None
 
     # -- the Backend protocol --------------------------------------------
 
