@@ -22,3 +22,7 @@ test: lint
 
 bench: setup
 	$(VENV)/bin/python bench/array_io.py
+
+.PHONY: bench-replication
+bench-replication: setup
+	$(VENV)/bin/python bench/replication.py
