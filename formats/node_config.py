@@ -54,7 +54,7 @@ from .errors import FormatError
 from .horcm import HorcmConfig, HorcmError, PairDef, load_horcm, match_pairs
 
 REFLECTION_MODES = ("eager", "lazy", "off")
-HOOK_NAMES = ("start", "stop", "monitor", "on_role_change", "on_flag_change", "on_svol_usable")
+HOOK_NAMES = ("start", "stop", "monitor", "role_change", "svol_unusable", "svol_usable")
 
 HEARTBEAT_INTERVAL_DEFAULT = 0.5
 HEARTBEAT_INTERVAL_RANGE = (0.05, 10.0)

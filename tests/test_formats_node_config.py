@@ -147,7 +147,7 @@ def test_good_config_loads_with_resolved_paths(lab: Path) -> None:
         reflection="lazy",
     )
     assert config.hooks.command("start") == "hooks/app-start --fast"
-    assert config.hooks.command("on_svol_usable") is None
+    assert config.hooks.command("svol_usable") is None
 
 
 def test_minimal_config_takes_defaults(lab: Path) -> None:
