@@ -65,6 +65,8 @@ PRIORITY_RANGE = (0, 1_000_000)
 MIN_KEY_SIZE = 16
 MAX_KEY_FILE_SIZE = 64 << 10
 
+#: Node ids travel in the 32-byte sender field of every peer frame.
+NODE_ID_MAX = 32
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -296,12 +298,12 @@ class _Checker:
             return None
         return value
 
-    def ident(self, value: Any, key: Key, what: str) -> str | None:
+    def ident(self, value: Any, key: Key, what: str, *, limit: int = 64) -> str | None:
         text = self.string(value, key)
-        if text is not None and not _ID_RE.match(text):
+        if text is not None and (not _ID_RE.match(text) or len(text) > limit):
             self.problem(
                 key,
-                f"bad {what} {text!r}: use 1-64 letters, digits, '_', '.', '-', "
+                f"bad {what} {text!r}: use 1-{limit} letters, digits, '_', '.', '-', "
                 "starting with a letter or digit",
             )
             return None
@@ -473,7 +475,7 @@ def parse_node_config(text: str, *, path: str | os.PathLike[str]) -> NodeConfig:
     c = _Checker(cfg_path, text)
     c.table(data, (), _TOP, _REQUIRED)
 
-    node_id = c.ident(data["id"], ("id",), "node id") if "id" in data else None
+    node_id = c.ident(data["id"], ("id",), "node id", limit=NODE_ID_MAX) if "id" in data else None
     priority = (
         c.integer(data["priority"], ("priority",), *PRIORITY_RANGE) if "priority" in data else None
     )
@@ -570,7 +572,7 @@ def _peers(
         table = c.table(item, key, ("id", "address"), ("id", "address"))
         if table is None:
             continue
-        peer_id = c.ident(table["id"], (*key, "id"), "peer id") if "id" in table else None
+        peer_id = c.ident(table["id"], (*key, "id"), "peer id", limit=NODE_ID_MAX) if "id" in table else None
         address = (
             c.address(table["address"], (*key, "address"), unix=False)
             if "address" in table

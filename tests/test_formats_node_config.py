@@ -264,7 +264,7 @@ CASES = [
         'id = "node 1"',
         "id =",
         "id",
-        "bad node id 'node 1': use 1-64 letters, digits, '_', '.', '-', "
+        "bad node id 'node 1': use 1-32 letters, digits, '_', '.', '-', "
         "starting with a letter or digit",
     ),
     (
