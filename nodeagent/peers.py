@@ -422,7 +422,10 @@ class PeerLinks:
         }
         if frame is not None:
             fields.update(
-                type=frame.type.name, session=frame.session, epoch=frame.epoch, seq=frame.seq
+                type=frame.type.name,
+                session=frame.session,
+                epoch=frame.epoch,
+                frame_seq=frame.seq,
             )
         self._on_event("frame_dropped", fields)
         return reason

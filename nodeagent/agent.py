@@ -1,0 +1,476 @@
+"""The cluster agent of one node: heartbeats, failover, fencing, hooks, status.
+
+One trio program per node. Its loop, every heartbeat interval:
+
+1. tell every peer our role, epoch, priority and replica flag (HEARTBEAT);
+2. ask :class:`~nodeagent.membership.Membership` what to do, given what we
+   heard and what the array says about the reservations (the lease), and do
+   it: stay, become standby, **take over** or **leave**;
+3. as the active: renew the reservations on the protected volumes (a refusal
+   means another node preempted us: leave at once) and run the monitor hook
+   (a failure: stop the application and leave).
+
+Taking over is, in this order: persist the new epoch, **preempt** the
+reservations on every protected volume (from now on the array refuses the
+old active's I/O, whether it is dead or only paused), make sure the host
+view is attached, run the ``start`` hook. Leaving is: run ``stop``, and exit.
+A failing ``stop`` is escalated by leaving anyway *without releasing*
+anything: the reservations stay with us and the array keeps refusing every
+host but the new active, which preempts them.
+
+The agent answers `nodeagent status` and `nodeagent switchover` on a unix
+control socket next to its state file, and writes every role change,
+message, array call and hook call to its JSONL event log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from blockemu.address import parse_address
+from blockemu.connection import ArrayConnection, ArrayUnavailable
+from blockemu.errors import ArrayError, ReservationConflict
+from formats.hosts_config import read_key_file
+from formats.node_config import NodeConfig
+from formats.peer_frame import MsgType, PeerFrame
+from formats.state_file import NodeRole, NodeState
+from formats.units import format_ldev
+
+from .events import EventLog
+from .hooks import Hook, HookResult, Hooks
+from .membership import Decision, Membership, Role
+from .peers import PeerLinks
+from .statefile import load_state, save_state
+
+log = logging.getLogger(__name__)
+
+API_VERSION = 1
+#: Exit code of an agent that left the cluster (fenced, superseded, failed).
+EXIT_LEFT = 75
+_ROLE_TO_STATE = {Role.ACTIVE: NodeRole.ACTIVE, Role.STANDBY: NodeRole.STANDBY}
+
+
+def control_path(config: NodeConfig) -> Path:
+    """The unix socket `nodeagent status` talks to: next to the state file."""
+    return config.state_file.with_name(f"{config.id}.ctl")
+
+
+class Left(Exception):
+    """The agent left the cluster; the process exits with EXIT_LEFT."""
+
+
+class Agent:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.state: NodeState = load_state(config.state_file)
+        self.events = EventLog(config.event_log, node_id=config.id)
+        self.hooks = Hooks(config.hooks, node_id=config.id, events=self.events)
+        self.membership = Membership(
+            config.id,
+            config.priority,
+            config.heartbeat_interval,
+            config.heartbeat_misses,
+            epoch=self.state.epoch,
+            started_at=time.monotonic(),
+        )
+        self.protected = sorted(
+            {ldev for r in config.replicas for p in r.pairs for ldev in (p.pvol_ldev, p.svol_ldev)}
+        )
+        key = read_key_file(config.array.key_file) if config.array.key_file else None
+        self.array = ArrayConnection(
+            parse_address(config.array.address), host=config.array.host_id, key=key
+        )
+        self.links = PeerLinks(
+            config.id,
+            parse_address(config.listen),
+            {p.id: parse_address(p.address) for p in config.peers},
+            read_key_file(config.cluster_key_file),
+            min_epoch=lambda: self.membership.epoch,
+            on_event=self._link_event,
+        )
+        #: Peers whose frames we drop and do not send to (fault injection: a partition).
+        self.blocked: set[str] = set()
+        self._attach: trio.Process | None = None
+        self._switchover_to: str | None = None
+
+    def _link_event(self, kind: str, fields: dict[str, Any]) -> None:
+        """Events of the peer links: logged, never allowed to break a link."""
+        try:
+            self.events.emit(kind, fields)
+        except (TypeError, ValueError) as exc:
+            log.error("cannot log %s event %r: %s", kind, fields, exc)
+
+    # -- running -----------------------------------------------------------
+
+    async def run(self) -> None:
+        self.events.emit("agent_start", epoch=self.state.epoch, flag=self.state.flag.name)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.links.run)
+                nursery.start_soon(self._keep_array)
+                nursery.start_soon(self._receive)
+                await nursery.start(self._serve_control)
+                nursery.start_soon(self._signals, nursery.cancel_scope)
+                await self._loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            await self._stop_attach()
+            self.events.close()
+
+    async def _keep_array(self) -> None:
+        while True:
+            try:
+                await self.array.run()
+            except (OSError, ArrayError) as exc:
+                log.warning("array %s unreachable: %s", self.config.array.address, exc)
+                await trio.sleep(self.config.heartbeat_interval)
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                self.events.emit("agent_stop", signal=signal.Signals(signum).name)
+                if self.membership.role is Role.ACTIVE:
+                    await self._run_hook(Hook.STOP)
+                scope.cancel()
+                return
+
+    async def _loop(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            self._heartbeat()
+            try:
+                await self._step()
+            except Left:
+                return
+            await trio.sleep(interval)
+
+    # -- heartbeats ----------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        body = {
+            "role": self.membership.role.value,
+            "priority": self.config.priority,
+            "flag": int(self.state.flag),
+        }
+        for peer in self.config.peers:
+            if peer.id not in self.blocked:
+                self.links.send(peer.id, MsgType.HEARTBEAT, body, epoch=self.membership.epoch)
+
+    async def _receive(self) -> None:
+        async for frame in self.links.received:
+            if frame.sender in self.blocked:
+                continue
+            self._on_frame(frame)
+
+    def _on_frame(self, frame: PeerFrame) -> None:
+        now = time.monotonic()
+        if frame.type is MsgType.HEARTBEAT:
+            was_alive = frame.sender in self.membership.alive(now)
+            try:
+                role = Role(frame.body.get("role", "starting"))
+            except ValueError:
+                return
+            self.membership.heartbeat(
+                frame.sender,
+                role=role,
+                epoch=frame.epoch,
+                priority=int(frame.body.get("priority", 0)),
+                flag=int(frame.body.get("flag", 0)),
+                now=now,
+            )
+            if not was_alive:
+                self.events.emit("peer_up", peer=frame.sender, role=role.value, epoch=frame.epoch)
+        elif frame.type is MsgType.SWITCHOVER and frame.body.get("to") == self.config.id:
+            self._switchover_to = self.config.id
+            self.events.emit("switchover_requested", by=frame.sender)
+        elif frame.type is MsgType.LEAVE:
+            self.membership.peer_down(frame.sender)
+            self.events.emit("peer_down", peer=frame.sender, reason="left")
+
+    # -- decisions -----------------------------------------------------------
+
+    async def _step(self) -> None:
+        now = time.monotonic()
+        m = self.membership
+        if self._switchover_to == self.config.id and m.role is Role.STANDBY:
+            self._switchover_to = None
+            await self._take_over("switchover")
+            return
+        decision = m.decide(now)
+        if decision is Decision.CHECK_LEASE:
+            await self._read_lease()
+            decision = m.decide(time.monotonic())
+        if decision is Decision.TAKE_OVER:
+            await self._take_over("no live active")
+        elif decision is Decision.STANDBY:
+            await self._become_standby()
+        elif decision is Decision.LEAVE:
+            await self._leave("superseded by a newer active")
+        elif m.role is Role.ACTIVE:
+            await self._renew()
+            await self._monitor()
+
+    async def _read_lease(self) -> None:
+        """Who holds the protected volumes' reservations, and how fresh the renewal is."""
+        holder: str | None = None
+        age: float | None = None
+        for ldev in self.protected:
+            try:
+                h, a = await self._array_call(
+                    "reservation", ldev, lambda c, x=ldev: c.reservation(x)
+                )
+            except (ArrayError, ArrayUnavailable):
+                return  # cannot see the array: no lease reading, so no takeover (no blind start)
+            if h is not None and h != self.config.id and (age is None or (a or 0) < age):
+                holder, age = h, a
+        self.membership.lease(holder, age, now=time.monotonic())
+
+    async def _take_over(self, reason: str) -> None:
+        m = self.membership
+        previous = m.role
+        epoch = m.became_active()
+        self._persist(role=NodeRole.ACTIVE, epoch=epoch)
+        for ldev in self.protected:  # fence first: the array refuses the old active from now on
+            await self._array_call("preempt", ldev, lambda c, x=ldev: c.preempt(x))
+        await self._ensure_attached()
+        self.events.emit(
+            "role_change",
+            **{"from": previous.value, "to": "active", "epoch": epoch, "reason": reason},
+        )
+        result = await self._run_hook(Hook.START, epoch=epoch)
+        await self._run_hook(Hook.ROLE_CHANGE, role="active", epoch=epoch)
+        if not result.ok:
+            await self._leave(f"start hook failed ({result.describe()})")
+
+    async def _become_standby(self) -> None:
+        m = self.membership
+        previous = m.role
+        m.became_standby()
+        self._persist(role=NodeRole.STANDBY, epoch=m.epoch)
+        await self._ensure_attached()
+        self.events.emit(
+            "role_change", **{"from": previous.value, "to": "standby", "epoch": m.epoch,
+                              "reason": "a live active exists"}
+        )  # fmt: skip
+        await self._run_hook(Hook.ROLE_CHANGE, role="standby", epoch=m.epoch)
+
+    async def _renew(self) -> None:
+        for ldev in self.protected:
+            try:
+                await self._array_call("reserve", ldev, lambda c, x=ldev: c.reserve(x))
+            except ReservationConflict:
+                await self._leave(f"reservation on LDEV {format_ldev(ldev)} was preempted")
+            except (ArrayError, ArrayUnavailable) as exc:
+                log.warning("cannot renew LDEV %s: %s", format_ldev(ldev), exc)
+
+    async def _monitor(self) -> None:
+        result = await self._run_hook(Hook.MONITOR)
+        if not result.ok:
+            await self._leave(f"monitor hook reported {result.describe()}")
+
+    async def _leave(self, reason: str) -> None:
+        """Stop the application and leave the cluster; never writes again."""
+        was_active = self.membership.role is Role.ACTIVE
+        self.membership.left()
+        self.events.emit("fenced" if "preempt" in reason else "leaving", reason=reason)
+        log.error("leaving the cluster: %s", reason)
+        if was_active:
+            result = await self._run_hook(Hook.STOP)
+            if result.escalates:
+                log.error("stop hook failed (%s): leaving without releasing anything, so "
+                          "the array keeps fencing this node", result.describe())  # fmt: skip
+        for peer in self.config.peers:
+            self.links.send(peer.id, MsgType.LEAVE, {"reason": reason}, epoch=self.membership.epoch)
+        self._persist(role=NodeRole.NONE, epoch=self.membership.epoch)
+        self.events.emit("role_change", **{"from": "active" if was_active else "standby",
+                                           "to": "left", "epoch": self.membership.epoch,
+                                           "reason": reason})  # fmt: skip
+        await trio.sleep(0.1)  # let the LEAVE frames go out
+        raise Left(reason)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _persist(self, *, role: NodeRole, epoch: int) -> None:
+        self.state = save_state(self.config.state_file, replace(self.state, role=role, epoch=epoch))
+
+    async def _array_call(self, op: str, ldev: int, fn: Any) -> Any:
+        started = time.monotonic()
+        status = "ok"
+        try:
+            return await self.array.call(fn, wait=self.config.heartbeat_interval)
+        except (ArrayError, ArrayUnavailable) as exc:
+            status = type(exc).__name__
+            raise
+        finally:
+            self.events.emit("array_call", op=op, ldev=format_ldev(ldev), status=status,
+                             duration=round(time.monotonic() - started, 6))  # fmt: skip
+
+    async def _run_hook(self, hook: Hook, **context: Any) -> HookResult:
+        context.setdefault("role", self.membership.role.value)
+        context.setdefault("epoch", self.membership.epoch)
+        return await self.hooks.run(hook, **context)
+
+    async def _ensure_attached(self) -> None:
+        """Keep `blockemu attach` running on the host view (it dies with us)."""
+        if self._attach is not None and self._attach.returncode is None:
+            return
+        self.config.host_view.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "blockemu", "attach", str(self.config.host_view),
+               "--foreground", "--array", self.config.array.address,
+               "--host", self.config.array.host_id, "--buffer", str(self.config.buffer_file),
+               "--log-level", "warning"]  # fmt: skip
+        if self.config.array.key_file:
+            cmd += ["--key-file", str(self.config.array.key_file)]
+        log_path = self.config.state_file.with_name(f"{self.config.id}.attach.log")
+        out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            self._attach = await trio.lowlevel.open_process(
+                cmd, stdout=subprocess.DEVNULL, stderr=out, preexec_fn=_die_with_parent
+            )
+        finally:
+            os.close(out)
+        self.events.emit("attach", pid=self._attach.pid, mountpoint=str(self.config.host_view))
+
+    async def _stop_attach(self) -> None:
+        proc = self._attach
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+
+    # -- control socket --------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        m = self.membership
+        return {
+            "api_version": API_VERSION,
+            "node": self.config.id,
+            "role": m.role.value,
+            "epoch": m.epoch,
+            "priority": self.config.priority,
+            "flag": self.state.flag.name if self.state.flag else "0",
+            "op": self.state.op.name,
+            "group": self.state.group,
+            "array_connected": self.array.connected,
+            "peers": {
+                name: {
+                    "role": v.role.value,
+                    "epoch": v.epoch,
+                    "priority": v.priority,
+                    "flag": v.flag,
+                    "alive": name in m.alive(now),
+                    "last_heartbeat_age": None
+                    if v.last_heard is None
+                    else round(now - v.last_heard, 3),
+                    "blocked": name in self.blocked,
+                }
+                for name, v in sorted(m.peers.items())
+            },
+            "protected": [format_ldev(x) for x in self.protected],
+            "heartbeat": {"interval": m.interval, "misses": m.misses},
+        }
+
+    async def _serve_control(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        path = control_path(self.config)
+        path.unlink(missing_ok=True)
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(str(path))
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        try:
+            await trio.serve_listeners(self._control_client, [listener])
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _control_client(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            try:
+                request = json.loads(data)
+                answer = await self._control(request)
+            except (ValueError, KeyError, TypeError) as exc:
+                answer = {"ok": False, "error": f"bad request: {exc}"}
+            await stream.send_all(json.dumps(answer).encode() + b"\n")
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request["cmd"]
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "switchover":
+            return await self._switchover(request.get("to"))
+        if cmd == "partition":  # fault injection for tests and labs
+            self.blocked = set(request.get("peers", []))
+            self.events.emit("partition", peers=sorted(self.blocked))
+            return {"ok": True, "blocked": sorted(self.blocked)}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def _switchover(self, to: str | None) -> dict[str, Any]:
+        m = self.membership
+        if m.role is not Role.ACTIVE:
+            return {"ok": False, "error": f"{self.config.id} is not the active node"}
+        now = time.monotonic()
+        candidates = sorted(
+            ((v.priority, name) for name, v in m.alive(now).items() if v.role is Role.STANDBY),
+            reverse=True,
+        )
+        target = to or (candidates[0][1] if candidates else None)
+        if target is None or target not in {name for _, name in candidates}:
+            return {"ok": False, "error": f"no live standby {to or ''} to switch over to"}
+        await self._run_hook(Hook.STOP)
+        m.became_standby()
+        self._persist(role=NodeRole.STANDBY, epoch=m.epoch)
+        self.links.send(target, MsgType.SWITCHOVER, {"to": target}, epoch=m.epoch)
+        self.events.emit("role_change", **{"from": "active", "to": "standby", "epoch": m.epoch,
+                                           "reason": f"switchover to {target}"})  # fmt: skip
+        return {"ok": True, "to": target}
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the agent dies (even by SIGKILL)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+async def control_request(
+    config: NodeConfig, request: dict[str, Any], *, seconds: float = 5.0
+) -> dict[str, Any]:
+    """Send one request to a running agent's control socket."""
+    with trio.fail_after(seconds):
+        stream = await trio.open_unix_socket(str(control_path(config)))
+        async with stream:
+            await stream.send_all(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                data += chunk
+    return dict(json.loads(data))

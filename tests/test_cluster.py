@@ -1,0 +1,357 @@
+"""A real cluster: one array and three nodeagent processes on loopback.
+
+Every agent is a `nodeagent run` process with its own config, keys, HORCM
+files, hooks and event log; the tests wait on the event logs, never on
+sleeps, and fail over by SIGKILL and SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from blockemu.client import open_client
+from blockemu.errors import ReservationConflict
+from nodeagent.events import read_events
+
+from .conftest import ArrayProcess
+
+MiB = 1 << 20
+INTERVAL, MISSES = 0.2, 3
+NODES = {"node1": 30, "node2": 20, "node3": 10}  # id -> priority
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+HORCM = """\
+HORCM_MON
+#ip_address service poll(10ms) timeout(10ms)
+localhost {service} 1000 3000
+
+HORCM_CMD
+#dev_name
+\\\\.\\CMD-412345:/dev/sd
+
+HORCM_LDEV
+#dev_group dev_name Serial# CU:LDEV(LDEV#) MU#
+appvg appdev1 412345 {ldev} 0
+
+HORCM_INST
+#dev_group ip_address service
+appvg localhost {partner}
+"""
+
+HOOK = """#!/bin/sh
+echo "$1 epoch=$BLOCKEMU_EPOCH" >> {log}
+exit 0
+"""
+
+
+@dataclass
+class Agent:
+    name: str
+    config: Path
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def events_path(self) -> Path:
+        return self.workdir / "events.jsonl"
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_events(self.events_path) if self.events_path.exists() else []
+
+    def hook_calls(self) -> list[str]:
+        path = self.workdir / "hooks.log"
+        return path.read_text().split("\n")[:-1] if path.exists() else []
+
+    def start(self) -> None:
+        log = open(self.workdir / "agent.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nodeagent", "run", "--config", str(self.config)],
+            stdout=log, stderr=log,
+        )  # fmt: skip
+        log.close()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signum)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nodeagent", *args, "--config", str(self.config)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+
+@dataclass
+class Cluster:
+    array: ArrayProcess
+    agents: dict[str, Agent]
+    keys: dict[str, bytes]
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                logs = {n: a.events()[-8:] for n, a in self.agents.items()}
+                raise AssertionError(f"timed out waiting for {what}; recent events: {logs}")
+            time.sleep(0.05)
+
+    def roles(self) -> dict[str, str]:
+        """Each live agent's role, from its last role_change event."""
+        roles = {}
+        for name, agent in self.agents.items():
+            changes = [e for e in agent.events() if e["kind"] == "role_change"]
+            if agent.proc is not None and agent.proc.poll() is None and changes:
+                roles[name] = changes[-1]["to"]
+        return roles
+
+    def active(self) -> list[str]:
+        return [n for n, r in self.roles().items() if r == "active"]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, short_dir: Path) -> Iterator[Cluster]:
+    keys = {name: os.urandom(32).hex().encode() for name in NODES}
+    (tmp_path / "keys").mkdir()
+    for name, key in keys.items():
+        (tmp_path / "keys" / f"{name}.key").write_bytes(key)
+    (tmp_path / "keys" / "cluster.key").write_bytes(os.urandom(32).hex().encode())
+    hosts = "".join(
+        f'[hosts.{n}]\nkey_file = "keys/{n}.key"\nldevs = ["00:10-00:11"]\nreplication = true\n'
+        for n in NODES
+    )
+    (tmp_path / "hosts.toml").write_text(hosts)
+    array = ArrayProcess(tmp_path / "root", short_dir / "a.sock", tmp_path / "array.log",
+                         extra_args=["--hosts", str(tmp_path / "hosts.toml")])  # fmt: skip
+    array.start()
+    ports = {n: free_port() for n in NODES}
+    agents = {}
+    s0, s1 = free_port(), free_port()
+    for name, prio in NODES.items():
+        work = tmp_path / name
+        (work / "hooks").mkdir(parents=True)
+        for hook in ("start", "stop"):
+            path = work / "hooks" / hook
+            path.write_text(HOOK.format(log=work / "hooks.log"))
+            path.chmod(0o755)
+        (work / "horcm0.conf").write_text(HORCM.format(service=s0, ldev="00:10", partner=s1))
+        (work / "horcm1.conf").write_text(HORCM.format(service=s1, ldev="00:11", partner=s0))
+        peers = "".join(
+            f'\n[[peers]]\nid = "{p}"\naddress = "tcp:127.0.0.1:{ports[p]}"\n'
+            for p in NODES if p != name
+        )  # fmt: skip
+        config = (
+            textwrap.dedent(f"""\
+            id = "{name}"
+            priority = {prio}
+            listen = "tcp:127.0.0.1:{ports[name]}"
+            cluster_key_file = "../keys/cluster.key"
+            host_view = "view"
+            buffer_file = "buffer"
+            state_file = "state"
+            event_log = "events.jsonl"
+
+            [heartbeat]
+            interval = {INTERVAL}
+            misses = {MISSES}
+
+            [array]
+            address = "{array.tcp}"
+            host_id = "{name}"
+            key_file = "../keys/{name}.key"
+
+            [[replicas]]
+            local = "horcm0.conf"
+            remote = "horcm1.conf"
+
+            [hooks]
+            directory = "hooks"
+            """)
+            + peers
+        )
+        (work / "node.toml").write_text(config)
+        agents[name] = Agent(name, work / "node.toml", work)
+    trio.run(_make_volumes, array)
+    cl = Cluster(array, agents, keys)
+    try:
+        yield cl
+    finally:
+        for agent in agents.values():
+            agent.stop()
+        for agent in agents.values():
+            view = agent.workdir / "view"
+            if view.exists() and os.path.ismount(view):
+                subprocess.run(["fusermount3", "-u", "-z", str(view)], capture_output=True)
+        array.stop()
+
+
+async def _make_volumes(array: ArrayProcess) -> None:
+    async with open_client(array.unix) as admin:
+        await admin.create(0x10, 16 * MiB, label="app")
+        await admin.create(0x11, 16 * MiB, label="app-copy")
+        await admin.pair_create("00:10", "00:11")
+
+
+async def _holder(array: ArrayProcess, ldev: int) -> str | None:
+    async with open_client(array.unix) as admin:
+        return (await admin.reservation(ldev))[0]
+
+
+async def _write_as(array: ArrayProcess, host: str, key: bytes) -> bool:
+    """Try one write to the P-VOL as *host*; True if the array accepted it."""
+    assert array.tcp is not None
+    async with open_client(array.tcp, host=host, key=key) as client:
+        pvid = await client.read_pvid(0x10)
+        try:
+            await client.write(0x10, pvid, 0, b"fenced?")
+        except ReservationConflict:
+            return False
+    return True
+
+
+def test_start_failover_and_fencing_of_a_paused_active(cluster: Cluster) -> None:
+    for agent in cluster.agents.values():
+        agent.start()
+    cluster.wait(lambda: cluster.active() == ["node1"] and len(cluster.roles()) == 3,
+                 "node1 active, two standbys")  # fmt: skip
+    assert sorted(cluster.roles().values()) == ["active", "standby", "standby"]
+    assert trio.run(_holder, cluster.array, 0x10) == "node1"
+    assert cluster.agents["node1"].hook_calls() == ["start epoch=1"]
+
+    status = cluster.agents["node2"].cli("status", "--json")
+    assert status.returncode == 0, status.stderr
+    view = json.loads(status.stdout)
+    assert view["api_version"] == 1 and view["role"] == "standby"
+    assert view["peers"]["node1"]["alive"] and view["peers"]["node1"]["role"] == "active"
+
+    # Pause the active (not dead: SIGSTOP). node2 takes over and fences it at the array.
+    old = cluster.agents["node1"]
+    old.signal(signal.SIGSTOP)
+    cluster.wait(lambda: "node2" in cluster.active(), "node2 takes over")
+    assert trio.run(_holder, cluster.array, 0x10) == "node2"
+    assert trio.run(_holder, cluster.array, 0x11) == "node2"
+    assert cluster.agents["node2"].hook_calls() == ["start epoch=2"]
+    accepted = sum(
+        trio.run(_write_as, cluster.array, "node1", cluster.keys["node1"]) for _ in range(5)
+    )
+    assert accepted == 0  # every write from the fenced node is refused
+    # The paused node wakes up, finds its reservation preempted, stops and leaves.
+    old.signal(signal.SIGCONT)
+    assert old.proc is not None
+    assert old.proc.wait(20) == 75
+    kinds = [e["kind"] for e in old.events()]
+    assert "fenced" in kinds
+    assert old.hook_calls()[-1].startswith("stop")
+    assert cluster.active() == ["node2"]
+
+
+def test_sigkill_of_the_active_and_no_failback(cluster: Cluster) -> None:
+    for agent in cluster.agents.values():
+        agent.start()
+    cluster.wait(lambda: cluster.active() == ["node1"] and len(cluster.roles()) == 3,
+                 "node1 active")  # fmt: skip
+    cluster.agents["node1"].signal(signal.SIGKILL)
+    assert cluster.agents["node1"].proc is not None
+    cluster.agents["node1"].proc.wait()
+    cluster.wait(lambda: cluster.active() == ["node2"], "node2 active after the kill")
+    assert trio.run(_holder, cluster.array, 0x10) == "node2"
+    # node1 (highest priority) comes back: it stays standby; no automatic failback.
+    cluster.agents["node1"].start()
+    cluster.wait(lambda: cluster.roles().get("node1") == "standby", "node1 rejoins as standby")
+    assert cluster.active() == ["node2"]
+
+
+def test_partition_keeps_exactly_one_active(cluster: Cluster) -> None:
+    for agent in cluster.agents.values():
+        agent.start()
+    cluster.wait(lambda: cluster.active() == ["node1"] and len(cluster.roles()) == 3,
+                 "node1 active")  # fmt: skip
+    # Cut node1 off from its peers (both directions); the array still sees everyone.
+    assert cluster.agents["node1"].cli("partition", "node2", "node3").returncode == 0
+    for name in ("node2", "node3"):
+        assert cluster.agents[name].cli("partition", "node1").returncode == 0
+    cluster.wait(
+        lambda: all(
+            not json.loads(cluster.agents[n].cli("status", "--json").stdout)["peers"]["node1"][
+                "alive"
+            ]
+            for n in ("node2", "node3")
+        ),
+        "the standbys lose node1",
+    )
+    # node1 keeps renewing its reservations: the standbys see a live holder and wait.
+    import time
+
+    time.sleep(3 * INTERVAL * MISSES + 2.5)
+    assert cluster.active() == ["node1"]
+    for name in ("node1", "node2", "node3"):
+        cluster.agents[name].cli("partition")
+    time.sleep(1.0)
+    assert cluster.active() == ["node1"]
+
+
+def test_a_peer_with_the_wrong_key_is_ignored(cluster: Cluster, tmp_path: Path) -> None:
+    for agent in cluster.agents.values():
+        agent.start()
+    cluster.wait(lambda: cluster.active() == ["node1"] and len(cluster.roles()) == 3,
+                 "node1 active")  # fmt: skip
+    # node3 restarts with a wrong cluster key: its frames are dropped as unauthenticated.
+    node3 = cluster.agents["node3"]
+    node3.stop()
+    (tmp_path / "keys" / "cluster.key").rename(tmp_path / "keys" / "good.key")
+    (tmp_path / "keys" / "cluster.key").write_bytes(os.urandom(32).hex().encode())
+    node3.start()
+    cluster.wait(
+        lambda: any(
+            e["kind"] == "frame_dropped" and e.get("reason") == "unauthenticated"
+            for e in cluster.agents["node1"].events()
+        ),
+        "node1 drops node3's frames",
+    )
+    assert cluster.active() == ["node1"]
+    status = json.loads(cluster.agents["node2"].cli("status", "--json").stdout)
+    assert status["peers"]["node1"]["alive"]
+
+
+def test_config_errors_are_all_reported_and_the_agent_does_not_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('id = "node 1"\npriority = -5\nlisten = "http://x"\nheartbeet = 1\n')
+    proc = subprocess.run([sys.executable, "-m", "nodeagent", "run", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert proc.returncode == 2
+    assert "not starting" in proc.stderr
+    assert "bad node id 'node 1'" in proc.stderr
+    assert "priority" in proc.stderr and "listen" in proc.stderr
+    assert "heartbeet" in proc.stderr and "did you mean" in proc.stderr.lower()
