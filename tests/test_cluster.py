@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import trio
 
 from blockemu.client import open_client
 from blockemu.errors import ReservationConflict
+from blockemu.labconfig import LabLayout, LabNode, LabPair, write_layout, write_node_configs
 from nodeagent.events import read_events
 
 from .conftest import ArrayProcess
@@ -37,30 +37,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-HORCM = """\
-HORCM_MON
-#ip_address service poll(10ms) timeout(10ms)
-localhost {service} 1000 3000
-
-HORCM_CMD
-#dev_name
-\\\\.\\CMD-412345:/dev/sd
-
-HORCM_LDEV
-#dev_group dev_name Serial# CU:LDEV(LDEV#) MU#
-appvg appdev1 412345 {ldev} 0
-
-HORCM_INST
-#dev_group ip_address service
-appvg localhost {partner}
-"""
-
-HOOK = """#!/bin/sh
-echo "$1 epoch=$BLOCKEMU_EPOCH" >> {log}
-exit 0
-"""
 
 
 @dataclass
@@ -143,68 +119,24 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path, short_dir: Path) -> Iterator[Cluster]:
-    keys = {name: os.urandom(32).hex().encode() for name in NODES}
-    (tmp_path / "keys").mkdir()
-    for name, key in keys.items():
-        (tmp_path / "keys" / f"{name}.key").write_bytes(key)
-    (tmp_path / "keys" / "cluster.key").write_bytes(os.urandom(32).hex().encode())
-    hosts = "".join(
-        f'[hosts.{n}]\nkey_file = "keys/{n}.key"\nldevs = ["00:10-00:11"]\nreplication = true\n'
-        for n in NODES
+    layout = LabLayout(
+        tmp_path,
+        array_address="",
+        nodes=[LabNode(n, p, f"tcp:127.0.0.1:{free_port()}") for n, p in NODES.items()],
+        pairs=[LabPair("appvg", "appdev1", 0x10, 0x11)],
+        heartbeat_interval=INTERVAL,
+        heartbeat_misses=MISSES,
+        horcm_services=(free_port(), free_port()),
     )
-    (tmp_path / "hosts.toml").write_text(hosts)
+    write_layout(layout)
     array = ArrayProcess(tmp_path / "root", short_dir / "a.sock", tmp_path / "array.log",
-                         extra_args=["--hosts", str(tmp_path / "hosts.toml")])  # fmt: skip
+                         extra_args=["--hosts", str(layout.hosts_config)])  # fmt: skip
     array.start()
-    ports = {n: free_port() for n in NODES}
-    agents = {}
-    s0, s1 = free_port(), free_port()
-    for name, prio in NODES.items():
-        work = tmp_path / name
-        (work / "hooks").mkdir(parents=True)
-        for hook in ("start", "stop"):
-            path = work / "hooks" / hook
-            path.write_text(HOOK.format(log=work / "hooks.log"))
-            path.chmod(0o755)
-        (work / "horcm0.conf").write_text(HORCM.format(service=s0, ldev="00:10", partner=s1))
-        (work / "horcm1.conf").write_text(HORCM.format(service=s1, ldev="00:11", partner=s0))
-        peers = "".join(
-            f'\n[[peers]]\nid = "{p}"\naddress = "tcp:127.0.0.1:{ports[p]}"\n'
-            for p in NODES if p != name
-        )  # fmt: skip
-        config = (
-            textwrap.dedent(f"""\
-            id = "{name}"
-            priority = {prio}
-            listen = "tcp:127.0.0.1:{ports[name]}"
-            cluster_key_file = "../keys/cluster.key"
-            host_view = "view"
-            buffer_file = "buffer"
-            state_file = "state"
-            event_log = "events.jsonl"
-
-            [heartbeat]
-            interval = {INTERVAL}
-            misses = {MISSES}
-
-            [array]
-            address = "{array.tcp}"
-            host_id = "{name}"
-            key_file = "../keys/{name}.key"
-
-            [[replicas]]
-            local = "horcm0.conf"
-            remote = "horcm1.conf"
-
-            [hooks]
-            directory = "hooks"
-            """)
-            + peers
-        )
-        (work / "node.toml").write_text(config)
-        agents[name] = Agent(name, work / "node.toml", work)
+    layout.array_address = str(array.tcp)
+    write_node_configs(layout)
+    agents = {n: Agent(n, layout.node_config(n), layout.node_dir(n)) for n in NODES}
     trio.run(_make_volumes, array)
-    cl = Cluster(array, agents, keys)
+    cl = Cluster(array, agents, layout.keys)
     try:
         yield cl
     finally:

@@ -1,0 +1,171 @@
+"""Write the files of a lab cluster: keys, the array's hosts config, HORCM files, node configs.
+
+Tests, benchmarks and labs all need the same topology on disk -- one array,
+N nodes with priorities, one or more replica pairs -- so it is generated in
+one place. The result is plain files a person can read and edit; nothing
+here starts a process.
+
+Layout under DIR::
+
+    keys/cluster.key, keys/<node>.key   secrets (hex text)
+    hosts.toml                          the array's host groups (--hosts)
+    <node>/node.toml                    nodeagent config (listen, peers, array, hooks)
+    <node>/horcm0.conf, horcm1.conf     the replica definition (P-VOL side, S-VOL side)
+    <node>/hooks/                       start/stop hooks that log to <node>/hooks.log
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from formats.units import format_ldev
+
+HOOK_SCRIPT = """#!/bin/sh
+# Lab hook: records each call; replace with your application's start/stop.
+echo "$1 epoch=$BLOCKEMU_EPOCH" >> "{log}"
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class LabNode:
+    id: str
+    priority: int
+    listen: str  # tcp:HOST:PORT
+
+
+@dataclass(frozen=True)
+class LabPair:
+    group: str
+    name: str
+    pvol: int
+    svol: int
+
+
+@dataclass
+class LabLayout:
+    directory: Path
+    array_address: str  # what the nodes connect to
+    nodes: list[LabNode]
+    pairs: list[LabPair]
+    heartbeat_interval: float = 0.2
+    heartbeat_misses: int = 3
+    reflection: str = "eager"
+    horcm_services: tuple[int, int] = (11000, 11001)
+    serial: int = 412345
+    keys: dict[str, bytes] = field(default_factory=dict)
+
+    def node_dir(self, node: str) -> Path:
+        return self.directory / node
+
+    def node_config(self, node: str) -> Path:
+        return self.node_dir(node) / "node.toml"
+
+    @property
+    def hosts_config(self) -> Path:
+        return self.directory / "hosts.toml"
+
+    @property
+    def ldevs(self) -> list[int]:
+        return sorted({x for p in self.pairs for x in (p.pvol, p.svol)})
+
+
+def _key() -> bytes:
+    return os.urandom(32).hex().encode()
+
+
+def _horcm(layout: LabLayout, side: int) -> str:
+    service, partner = layout.horcm_services[side], layout.horcm_services[1 - side]
+    lines = [
+        "HORCM_MON",
+        "#ip_address service poll(10ms) timeout(10ms)",
+        f"localhost {service} 1000 3000",
+        "",
+        "HORCM_CMD",
+        "#dev_name",
+        f"\\\\.\\CMD-{layout.serial}:/dev/sd",
+        "",
+        "HORCM_LDEV",
+        "#dev_group dev_name Serial# CU:LDEV(LDEV#) MU#",
+    ]
+    for p in layout.pairs:
+        ldev = p.pvol if side == 0 else p.svol
+        lines.append(f"{p.group} {p.name} {layout.serial} {format_ldev(ldev)} 0")
+    lines += ["", "HORCM_INST", "#dev_group ip_address service"]
+    for group in sorted({p.group for p in layout.pairs}):
+        lines.append(f"{group} localhost {partner}")
+    return "\n".join(lines) + "\n"
+
+
+def _ldev_ranges(ldevs: list[int]) -> str:
+    return ", ".join(f'"{format_ldev(x)}"' for x in ldevs)
+
+
+def write_layout(layout: LabLayout) -> LabLayout:
+    """Write every file of *layout* (new keys each time) and return it with its keys."""
+    d = layout.directory
+    (d / "keys").mkdir(parents=True, exist_ok=True)
+    layout.keys = {"cluster": _key(), **{n.id: _key() for n in layout.nodes}}
+    for name, key in layout.keys.items():
+        path = d / "keys" / f"{name}.key"
+        path.write_bytes(key)
+        path.chmod(0o600)
+    layout.hosts_config.write_text(
+        "".join(
+            f'[hosts.{n.id}]\nkey_file = "keys/{n.id}.key"\n'
+            f"ldevs = [{_ldev_ranges(layout.ldevs)}]\nreplication = true\n\n"
+            for n in layout.nodes
+        )
+    )
+    write_node_configs(layout)
+    return layout
+
+
+def write_node_configs(layout: LabLayout) -> None:
+    """(Re)write each node's directory: config, HORCM files, hooks (e.g. once the array's
+    address is known)."""
+    for node in layout.nodes:
+        work = layout.node_dir(node.id)
+        (work / "hooks").mkdir(parents=True, exist_ok=True)
+        for hook in ("start", "stop"):
+            path = work / "hooks" / hook
+            path.write_text(HOOK_SCRIPT.format(log=work / "hooks.log"))
+            path.chmod(0o755)
+        (work / "horcm0.conf").write_text(_horcm(layout, 0))
+        (work / "horcm1.conf").write_text(_horcm(layout, 1))
+        peers = "".join(
+            f'\n[[peers]]\nid = "{p.id}"\naddress = "{p.listen}"\n'
+            for p in layout.nodes
+            if p.id != node.id
+        )
+        config = textwrap.dedent(f"""\
+            id = "{node.id}"
+            priority = {node.priority}
+            listen = "{node.listen}"
+            cluster_key_file = "../keys/cluster.key"
+            host_view = "view"
+            buffer_file = "buffer"
+            state_file = "state"
+            event_log = "events.jsonl"
+            reflection = "{layout.reflection}"
+
+            [heartbeat]
+            interval = {layout.heartbeat_interval}
+            misses = {layout.heartbeat_misses}
+
+            [array]
+            address = "{layout.array_address}"
+            host_id = "{node.id}"
+            key_file = "../keys/{node.id}.key"
+
+            [[replicas]]
+            local = "horcm0.conf"
+            remote = "horcm1.conf"
+
+            [hooks]
+            directory = "hooks"
+            """)
+        layout.node_config(node.id).write_text(config + peers)
