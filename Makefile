@@ -26,3 +26,8 @@ bench: setup
 .PHONY: bench-replication
 bench-replication: setup
 	$(VENV)/bin/python bench/replication.py
+
+.PHONY: bench-fuse
+bench-fuse: setup
+	dpkg -s fio >/dev/null 2>&1 || apt-get install -y fio
+	$(VENV)/bin/python bench/fuse_io.py

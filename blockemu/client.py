@@ -26,6 +26,7 @@ from formats.errors import FormatError
 from formats.volume_header import VolumeHeader, header_from_dict
 from formats.wire import (
     MAX_IO,
+    SEPARATE_SEND,
     ZERO_PVID,
     Flag,
     Frame,
@@ -105,7 +106,11 @@ class ArrayClient:
         )
         try:
             async with self._send_lock:
-                await self._stream.send_all(header + frame.payload)
+                if len(frame.payload) >= SEPARATE_SEND:
+                    await self._stream.send_all(header)
+                    await self._stream.send_all(frame.payload)
+                else:
+                    await self._stream.send_all(header + frame.payload)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._pending.pop(frame.tag, None)
             raise ConnectionLost(f"cannot send to the array at {self._name}: {exc}") from None

@@ -35,6 +35,7 @@ from formats.units import format_ldev, parse_ldev
 from formats.volume_header import MirrorMode, header_to_dict
 from formats.wire import (
     MAX_IO,
+    SEPARATE_SEND,
     Flag,
     Frame,
     FrameReader,
@@ -458,7 +459,11 @@ class ArrayServer:
                 length=len(payload),
             )
             async with send_lock:
-                await stream.send_all(header + payload)
+                if len(payload) >= SEPARATE_SEND:
+                    await stream.send_all(header)
+                    await stream.send_all(payload)
+                else:
+                    await stream.send_all(header + payload)
 
         async def flush_and_respond(frame: Frame) -> None:
             status, payload = await self.flush(conn, frame)

@@ -572,7 +572,11 @@ def _peers(
         table = c.table(item, key, ("id", "address"), ("id", "address"))
         if table is None:
             continue
-        peer_id = c.ident(table["id"], (*key, "id"), "peer id", limit=NODE_ID_MAX) if "id" in table else None
+        peer_id = (
+            c.ident(table["id"], (*key, "id"), "peer id", limit=NODE_ID_MAX)
+            if "id" in table
+            else None
+        )
         address = (
             c.address(table["address"], (*key, "address"), unix=False)
             if "address" in table

@@ -186,6 +186,11 @@ def encode_header(
         raise FormatError(f"cannot encode frame header: {exc}") from None
 
 
+#: Payloads at least this big are sent after their header, not concatenated to it:
+#: two send calls cost less than copying a megabyte.
+SEPARATE_SEND = 64 << 10
+
+
 def encode_frame(frame: Frame) -> bytes:
     """Header and payload of *frame* as one bytes object."""
     return (
@@ -264,8 +269,13 @@ class FrameReader:
         frame, length = self._pending
         if len(self._buf) < length:
             return None
-        frame.payload = bytes(self._buf[:length])
-        del self._buf[:length]
+        if len(self._buf) == length:  # the usual case for big I/O: take the buffer whole
+            frame.payload = bytes(self._buf)
+            self._buf = bytearray()
+        else:
+            with memoryview(self._buf) as view:  # one copy, not two (slice, then bytes)
+                frame.payload = bytes(view[:length])
+            del self._buf[:length]
         self._pending = None
         return frame
 
