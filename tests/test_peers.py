@@ -263,7 +263,7 @@ async def test_replayed_frame_is_dropped() -> None:
         assert (await receive(a)).body == {"n": 1}
         assert (await receive(a)).body == {"n": 2}
         (drop,) = a.drops()
-        assert (drop["reason"], drop["sender"], drop["seq"]) == (REPLAYED, "b", 1)
+        assert (drop["reason"], drop["sender"], drop["frame_seq"]) == (REPLAYED, "b", 1)
 
         # replay state is per sender, not per connection
         other = await raw_connect(a)
