@@ -31,3 +31,7 @@ bench-replication: setup
 bench-fuse: setup
 	dpkg -s fio >/dev/null 2>&1 || apt-get install -y fio
 	$(VENV)/bin/python bench/fuse_io.py
+
+.PHONY: bench-failover
+bench-failover: setup
+	$(VENV)/bin/python bench/failover.py

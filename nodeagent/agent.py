@@ -104,6 +104,9 @@ class Agent:
         self.blocked: set[str] = set()
         self._attach: trio.Process | None = None
         self._switchover_to: str | None = None
+        #: After handing the active role over: do not contest before this (monotonic).
+        self._handover_until = 0.0
+        self._alive: set[str] = set()
 
     def _link_event(self, kind: str, fields: dict[str, Any]) -> None:
         """Events of the peer links: logged, never allowed to break a link."""
@@ -202,13 +205,23 @@ class Agent:
 
     # -- decisions -----------------------------------------------------------
 
+    def _track_liveness(self, now: float) -> None:
+        """Log peers declared failed (missed heartbeats); peer_up is logged on first contact."""
+        alive = set(self.membership.alive(now))
+        for peer in sorted(self._alive - alive):
+            self.events.emit("peer_down", peer=peer, reason="missed heartbeats")
+        self._alive = alive
+
     async def _step(self) -> None:
         now = time.monotonic()
         m = self.membership
+        self._track_liveness(now)
         if self._switchover_to == self.config.id and m.role is Role.STANDBY:
             self._switchover_to = None
             await self._take_over("switchover")
             return
+        if now < self._handover_until and m.live_active(now) is None:
+            return  # we handed the role over: give the target time to take it
         decision = m.decide(now)
         if decision is Decision.CHECK_LEASE:
             await self._read_lease()
@@ -278,7 +291,7 @@ class Agent:
 
     async def _monitor(self) -> None:
         result = await self._run_hook(Hook.MONITOR)
-        if not result.ok:
+        if not result.ok and self.membership.role is Role.ACTIVE:  # not after a switchover's stop
             await self._leave(f"monitor hook reported {result.describe()}")
 
     async def _leave(self, reason: str) -> None:
@@ -443,6 +456,7 @@ class Agent:
             return {"ok": False, "error": f"no live standby {to or ''} to switch over to"}
         await self._run_hook(Hook.STOP)
         m.became_standby()
+        self._handover_until = time.monotonic() + m.priority_delay
         self._persist(role=NodeRole.STANDBY, epoch=m.epoch)
         self.links.send(target, MsgType.SWITCHOVER, {"to": target}, epoch=m.epoch)
         self.events.emit("role_change", **{"from": "active", "to": "standby", "epoch": m.epoch,

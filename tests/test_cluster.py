@@ -287,3 +287,117 @@ def test_config_errors_are_all_reported_and_the_agent_does_not_start(tmp_path: P
     assert "bad node id 'node 1'" in proc.stderr
     assert "priority" in proc.stderr and "listen" in proc.stderr
     assert "heartbeet" in proc.stderr and "did you mean" in proc.stderr.lower()
+
+
+def _settled(cluster: Cluster) -> None:
+    for agent in cluster.agents.values():
+        agent.start()
+    cluster.wait(lambda: cluster.active() == ["node1"] and len(cluster.roles()) == 3,
+                 "node1 active, two standbys")  # fmt: skip
+
+
+def _status(agent: Agent) -> dict[str, Any]:
+    answer = agent.cli("status", "--json")
+    assert answer.returncode == 0, answer.stderr
+    return dict(json.loads(answer.stdout))
+
+
+def _ocf_hooks(agent: Agent) -> None:
+    """Hooks like an OCF agent's: start/stop keep a "running" file, monitor checks it (7: not
+    running). They log to hooks.log as the lab hooks do."""
+    hooks, running, log = (agent.workdir / n for n in ("hooks", "running", "hooks.log"))
+    record = f'echo "$1 epoch=$BLOCKEMU_EPOCH" >> "{log}"'
+    scripts = {
+        "start": f'{record}\ntouch "{running}"',
+        "stop": f'{record}\nrm -f "{running}"',
+        "monitor": f'[ -e "{running}" ] || exit 7',
+    }
+    for name, body in scripts.items():
+        (hooks / name).write_text(f"#!/bin/sh\n{body}\nexit 0\n")
+        (hooks / name).chmod(0o755)
+
+
+def test_switchover_moves_the_active_role_and_the_reservations(cluster: Cluster) -> None:
+    for agent in cluster.agents.values():
+        _ocf_hooks(agent)
+    _settled(cluster)
+    node1, node2 = cluster.agents["node1"], cluster.agents["node2"]
+    assert node1.hook_calls() == ["start epoch=1"]
+    asked = node1.cli("switchover", "--to", "node2")
+    assert asked.returncode == 0, asked.stderr
+    assert "node2" in asked.stdout
+    after = {"node1": "standby", "node2": "active", "node3": "standby"}
+    cluster.wait(lambda: cluster.roles() == after, "node2 active after the switchover")
+
+    def node1_hears_node2_active() -> bool:
+        peer = _status(node1)["peers"]["node2"]
+        return bool(peer["alive"] and peer["role"] == "active")
+
+    # Once node1 hears node2 as the active, it can no longer contest.
+    cluster.wait(node1_hears_node2_active, "node1 hears node2 as the active")
+    assert trio.run(_holder, cluster.array, 0x10) == "node2"
+    assert trio.run(_holder, cluster.array, 0x11) == "node2"
+    became = [e for e in node2.events() if e["kind"] == "role_change" and e["to"] == "active"]
+    assert len(became) == 1 and became[0]["epoch"] > 1 and became[0]["reason"] == "switchover"
+    assert node1.hook_calls() == ["start epoch=1", "stop epoch=1"]
+    assert node2.hook_calls() == [f"start epoch={became[0]['epoch']}"]
+    # Nobody took the role back or left: node1 became active once only (at the start).
+    n1_changes = [e["to"] for e in node1.events() if e["kind"] == "role_change"]
+    assert n1_changes == ["active", "standby"]
+    assert all(a.proc is not None and a.proc.poll() is None for a in cluster.agents.values())
+    assert _status(node1)["role"] == "standby" and _status(node2)["role"] == "active"
+    assert _status(node2)["epoch"] == became[0]["epoch"]
+
+
+def test_a_failing_monitor_stops_the_active_and_a_standby_takes_over(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    node1 = cluster.agents["node1"]
+    flag = tmp_path / "app-broken"
+    monitor = node1.workdir / "hooks" / "monitor"
+    monitor.write_text(f'#!/bin/sh\n[ -e "{flag}" ] && exit 1\nexit 0\n')
+    monitor.chmod(0o755)
+    _settled(cluster)
+    cluster.wait(
+        lambda: any(e["kind"] == "hook_call" and e["hook"] == "monitor" for e in node1.events()),
+        "node1 runs its monitor",
+    )
+    flag.touch()
+    assert node1.proc is not None
+    assert node1.proc.wait(20) == 75
+    leaving = [e for e in node1.events() if e["kind"] == "leaving"]
+    assert len(leaving) == 1 and "monitor" in leaving[0]["reason"]
+    monitors = [e for e in node1.events() if e["kind"] == "hook_call" and e["hook"] == "monitor"]
+    assert monitors[-1]["outcome"] == "FAILED" and monitors[-1]["exit_code"] == 1
+    assert node1.hook_calls() == ["start epoch=1", "stop epoch=1"]
+    cluster.wait(lambda: cluster.active() == ["node2"], "node2 takes over")
+    assert trio.run(_holder, cluster.array, 0x10) == "node2"
+    assert cluster.agents["node2"].hook_calls() == ["start epoch=2"]
+
+
+def test_status_without_a_running_agent_exits_3(cluster: Cluster) -> None:
+    node1 = cluster.agents["node1"]
+    never = node1.cli("status")
+    assert never.returncode == 3
+    assert "no agent answers" in never.stderr and "is `nodeagent run` running?" in never.stderr
+    # A control socket left behind by a killed agent: refused, same answer.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(node1.workdir / "node1.ctl"))
+    stale.close()
+    left_over = node1.cli("status", "--json")
+    assert left_over.returncode == 3
+    assert "no agent answers" in left_over.stderr and left_over.stdout == ""
+
+
+def test_status_answers_quickly(cluster: Cluster) -> None:
+    import time
+
+    _settled(cluster)
+    for name in ("node1", "node2"):
+        started = time.monotonic()
+        answer = cluster.agents[name].cli("status")
+        seconds = time.monotonic() - started
+        assert answer.returncode == 0, answer.stderr
+        assert f"node {name}: " in answer.stdout
+        # "Answers in well under a second": a loose sanity bound, the CLI's start-up included.
+        assert seconds < 2.0, f"nodeagent status took {seconds:.2f} s on {name}"
