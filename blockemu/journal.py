@@ -31,6 +31,15 @@ The torn-tail rule
     write that was never acknowledged: the append had not returned, so the
     P-VOL was not written and the host got no reply.
 
+Replaying from memory
+    The data of the most recent records stays in memory too (up to
+    ``cache_bytes``, 64 MiB by default, oldest dropped first), so the applier
+    gets them from :meth:`Journal.unapplied` without reading the file back
+    and checking CRCs again. Records not in memory -- those loaded at open
+    after a restart, or pushed out by newer ones -- are read from the file as
+    before. Either way the records and their order are the same: the memory
+    copy only saves the ``pread``; the file stays the redo log.
+
 Everything runs on the array's one trio thread: no locking, and every call is
 synchronous and cheap except :meth:`Journal.flush`.
 """
@@ -64,6 +73,8 @@ log = logging.getLogger(__name__)
 #: mark_applied() compacts the file when nothing is unapplied and the record
 #: area has grown to this many bytes.
 COMPACT_AT = 64 << 20
+#: Data bytes of the newest records kept in memory for unapplied() (0: none).
+CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +98,9 @@ def _fsync_dir(path: Path) -> None:
 class Journal:
     """One open journal file (see the module docstring for the rules)."""
 
-    def __init__(self, path: Path, fd: int, ldev: int, compact_at: int) -> None:
+    def __init__(
+        self, path: Path, fd: int, ldev: int, compact_at: int, cache_bytes: int = CACHE_BYTES
+    ) -> None:
         self.path = path
         self.ldev = ldev
         self._fd = fd
@@ -100,6 +113,11 @@ class Journal:
         # Unapplied records, oldest first: (seq, file offset, data length, volume offset, ts).
         self._index: collections.deque[tuple[int, int, int, int, int]] = collections.deque()
         self._lag_bytes = 0
+        # The newest unapplied records with their data: a suffix of _index (same seqs,
+        # consecutive, ending at _last_seq), at most _cache_limit data bytes.
+        self._cache: collections.deque[Record] = collections.deque()
+        self._cache_bytes = 0
+        self._cache_limit = cache_bytes
 
     @classmethod
     def open(
@@ -109,8 +127,13 @@ class Journal:
         ldev: int,
         create: bool = True,
         compact_at: int = COMPACT_AT,
+        cache_bytes: int = CACHE_BYTES,
     ) -> Journal:
         """Open (or create) the journal of P-VOL *ldev* and load its unapplied records.
+
+        The data of records appended from now on is kept in memory as well, up
+        to *cache_bytes* (see the module docstring); records found in the file
+        are read back from it when asked for.
 
         Raises :class:`FormatError` naming the file when the header is bad or
         belongs to another LDEV, FileNotFoundError when it is missing and
@@ -122,7 +145,7 @@ class Journal:
                 raise FileNotFoundError(f"{path}: no journal file (and create=False)")
             cls._create(path, ldev)
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        journal = cls(path, fd, ldev, compact_at)
+        journal = cls(path, fd, ldev, compact_at, cache_bytes)
         try:
             journal._load()
         except BaseException:
@@ -248,6 +271,12 @@ class Journal:
         self._last_seq = seq
         self._index.append((seq, pos, len(data), offset, ts))
         self._lag_bytes += len(data)
+        if self._cache_limit > 0:
+            cache = self._cache
+            cache.append(Record(seq, offset, data if type(data) is bytes else bytes(data), ts))
+            self._cache_bytes += len(data)
+            while self._cache_bytes > self._cache_limit:
+                self._cache_bytes -= len(cache.popleft().data)
         return seq
 
     def _finish_short_write(self, record: bytes, pos: int, done: int) -> None:
@@ -261,15 +290,26 @@ class Journal:
             raise
 
     def unapplied(self, limit: int | None = None) -> list[Record]:
-        """Records not yet applied to the S-VOL, oldest first (at most *limit*)."""
+        """Records not yet applied to the S-VOL, oldest first (at most *limit*).
+
+        The newest come from memory; older ones (loaded at open, or pushed out
+        of memory) are read back from the file and their CRC checked.
+        """
+        index, cache = self._index, self._cache
+        want = len(index) if limit is None else limit
+        if want < 0:
+            raise ValueError(f"limit {limit} is negative")
+        from_file = min(want, len(index) - len(cache))  # the cache is a suffix of the index
         records = []
-        for seq, pos, length, offset, ts in itertools.islice(self._index, limit):
+        for seq, pos, length, offset, ts in itertools.islice(index, from_file):
             where = f"{self._name}: byte {pos}"
             raw = os.pread(self._fd, RECORD_HEADER_SIZE + length, pos)
             info, data = decode_record(raw, name=where)
             if info.seq != seq:
                 raise FormatError(f"{where}: expected record seq {seq}, found {info.seq}")
             records.append(Record(seq, offset, data, ts))
+        if want > from_file:
+            records.extend(itertools.islice(cache, want - from_file))
         return records
 
     def mark_applied(self, seq: int) -> None:
@@ -284,9 +324,11 @@ class Journal:
             raise ValueError(
                 f"{self._name}: cannot mark seq {seq} applied: the last record is {self._last_seq}"
             )
-        index = self._index
+        index, cache = self._index, self._cache
         while index and index[0][0] <= seq:
             self._lag_bytes -= index.popleft()[2]
+        while cache and cache[0].seq <= seq:
+            self._cache_bytes -= len(cache.popleft().data)
         self._applied_seq = seq
         self._base = index[0][1] if index else self._end
         if not index and self._end - HEADER_BLOCK >= self._compact_at:
@@ -316,6 +358,8 @@ class Journal:
         """
         self._index.clear()
         self._lag_bytes = 0
+        self._cache.clear()
+        self._cache_bytes = 0
         self._applied_seq = self._last_seq
         self._base = HEADER_BLOCK
         self._write_header()
@@ -338,6 +382,11 @@ class Journal:
     def lag_records(self) -> int:
         """How many records are not yet applied."""
         return len(self._index)
+
+    @property
+    def cached_records(self) -> int:
+        """How many of the unapplied records :meth:`unapplied` gets from memory."""
+        return len(self._cache)
 
     @property
     def lag_bytes(self) -> int:

@@ -14,7 +14,11 @@ A pair's state lives on disk in three places:
 
 Everything runs on the array's one trio thread. Host I/O is served inline and
 the copier copies one run of tracks inline between checkpoints, so a track is
-never being copied while a host writes it, and no locks are needed.
+never being copied while a host writes it, and no locks are needed. The
+journal applier, inline too, replays records in batches: it lets them gather
+for up to ``APPLY_DELAY`` (3 ms) after the oldest one's append, then applies
+them from memory (:meth:`Journal.unapplied`) with one journal header write,
+so a stream of small writes is not slowed by one apply after every write.
 
 **The point-in-time rule.** While a copy must preserve an instant -- a split
 draining (COPY_SP), a quick split still copying (PSUS below 100 %), a restore
@@ -77,6 +81,12 @@ POINT_IN_TIME = frozenset({PairStatus.COPY_SP, PairStatus.PSUS, PairStatus.COPY_
 RUN_TRACKS = 64
 #: Journal records the applier replays in one inline step.
 APPLY_BATCH = 256
+#: The applier lets records gather for up to this many seconds (counted from the
+#: oldest one's append) before replaying them, unless APPLY_BATCH records or
+#: APPLY_BYTES data bytes are waiting: a stream of small writes is then applied in
+#: batches (one journal header write each) instead of one apply after every write.
+APPLY_DELAY = 0.003
+APPLY_BYTES = 4 << 20
 #: Copy pace: 15 is unthrottled; pace p < 15 limits copying to p * PACE_UNIT bytes/s.
 MAX_PACE = 15
 PACE_UNIT = 32 << 20
@@ -131,6 +141,7 @@ class Pair:
         self.journal = Journal.open(files.journal, ldev=pvol.ldev)
         self.pace = MAX_PACE
         self._wakeup = trio.Event()
+        self._batch_full = trio.Event()  # set when the journal holds a whole batch
         self._cursor = 0
         self.closed = False
 
@@ -187,10 +198,10 @@ class Pair:
         if length <= 0:
             return
         ts = self.pending.track_size
-        first, last = offset // ts, (offset + length - 1) // ts
-        for track in range(first, last + 1):
-            if self.pending.is_set(track):
-                self._copy_tracks(track, 1)
+        first, stop = offset // ts, (offset + length - 1) // ts + 1
+        while (run := self.pending.run_from(first, RUN_TRACKS, stop)) is not None:
+            self._copy_tracks(*run)
+            first = run[0] + run[1]
 
     def read(self, vol: Volume, offset: int, length: int) -> bytes:
         if self.status in POINT_IN_TIME and vol is self.source_target()[1]:
@@ -211,6 +222,8 @@ class Pair:
         apply: Callable[[Volume], None],
         data: bytes | None,
     ) -> None:
+        if length <= 0:  # nothing to do; offset may be the volume's end, past the last track
+            return
         status, mode = self.status, self.mode
         if vol is self.svol:  # visible only in PSUS/PSUE (the caller refuses hidden volumes)
             self.settle(offset, length)
@@ -239,6 +252,8 @@ class Pair:
             self.journal.append(offset, data)  # redo log first, then the P-VOL
             apply(vol)
             self.wake()
+            if self._batch_ready():
+                self._batch_full.set()
         elif status is PairStatus.COPY_RS_R:
             self.settle(offset, length)
             apply(vol)
@@ -320,8 +335,15 @@ class Pair:
 
     async def run(self) -> None:
         """Copier and journal applier of this pair, until the pair is deleted."""
+        gathered = False  # at most one wait per batch, whatever the wall clock does
         while not self.closed:
             if self.status is PairStatus.PAIR and self.journal.lag_records:
+                wait = APPLY_DELAY - self.journal.lag_seconds()
+                if not gathered and wait > 0 and not self._batch_ready():
+                    gathered = True
+                    await self._gather(min(wait, APPLY_DELAY))
+                    continue  # look again: the pair may have split or closed meanwhile
+                gathered = False
                 self.apply_journal(APPLY_BATCH)
                 await trio.lowlevel.checkpoint()
                 continue
@@ -335,6 +357,16 @@ class Pair:
             if self._work_waiting():
                 continue
             await self._wakeup.wait()
+
+    def _batch_ready(self) -> bool:
+        journal = self.journal
+        return journal.lag_records >= APPLY_BATCH or journal.lag_bytes >= APPLY_BYTES
+
+    async def _gather(self, seconds: float) -> None:
+        """Let journal records gather for *seconds*, or until a whole batch is waiting."""
+        self._batch_full = trio.Event()
+        with trio.move_on_after(seconds):
+            await self._batch_full.wait()
 
     def drain(self) -> None:
         """Do all pending background work now, inline: the journal, the copy, the transition."""
@@ -356,17 +388,9 @@ class Pair:
     def _next_run(self) -> tuple[int, int] | None:
         """The next run of consecutive pending tracks, from the cursor (wrapping once)."""
         for start in (self._cursor, 0):
-            first = next(self.pending.iter_set(start), None)
-            if first is None:
-                continue
-            n = 1
-            while (
-                n < RUN_TRACKS
-                and first + n < self.pending.tracks
-                and self.pending.is_set(first + n)
-            ):
-                n += 1
-            return first, n
+            run = self.pending.run_from(start, RUN_TRACKS)
+            if run is not None:
+                return run
         return None
 
     def _copy_next_run(self) -> int | None:
@@ -384,8 +408,7 @@ class Pair:
         last_offset, last_length = self.pending.track_range(first + n - 1)
         length = last_offset + last_length - offset
         copied = self.engine.copy(source.fd, target.fd, DATA_OFFSET + offset, length)
-        for track in range(first, first + n):
-            self.pending.clear(track)
+        self.pending.clear_range(first, n)
         return copied
 
     async def _pace(self, copied: int) -> None:
@@ -436,19 +459,21 @@ class Pair:
     def _any_pending(self, offset: int, length: int) -> bool:
         ts = self.pending.track_size
         first, last = offset // ts, (offset + max(length, 1) - 1) // ts
-        return any(self.pending.is_set(t) for t in range(first, last + 1))
+        if first == last:
+            return self.pending.is_set(first)
+        return self.pending.run_from(first, 1, last + 1) is not None
 
     def _clear_range(self, offset: int, length: int) -> None:
         ts = self.pending.track_size
         first, last = offset // ts, (offset + max(length, 1) - 1) // ts
-        for track in range(first, last + 1):
-            self.pending.clear(track)
+        self.pending.clear_range(first, last - first + 1)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.wake()
+        self._batch_full.set()
         for bitmap in (self.pending, self.pdiff, self.sdiff):
             bitmap.close()
         self.journal.close()

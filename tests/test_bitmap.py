@@ -497,3 +497,185 @@ def test_encode_refuses_bad_fields() -> None:
     ):
         with pytest.raises(FormatError):
             encode_bitmap_header(header)
+
+
+# -- bulk operations: clear_range, run_from, count, clear_all ---------------------------
+
+
+def model_run(model: set[int], start: int, limit: int, stop: int) -> tuple[int, int] | None:
+    """The model of run_from(): the first set track in [start, stop), and its run."""
+    found = [t for t in model if start <= t < stop]
+    if not found:
+        return None
+    first = min(found)
+    n = 1
+    while n < limit and first + n < stop and first + n in model:
+        n += 1
+    return first, n
+
+
+@st.composite
+def bulk_scenario(draw: st.DrawFn) -> tuple[int, list[tuple[str, int, int]]]:
+    """A bitmap of 512-byte tracks (small, or large enough for the 64 KiB scan windows)."""
+    tracks = draw(
+        st.one_of(
+            st.integers(min_value=1, max_value=2000),
+            st.sampled_from([70_001, 600_000, 2_400_017]),
+        )
+    )
+    small = tracks <= 2000
+
+    def a_track() -> int:
+        kind = draw(st.sampled_from(["any", "low", "high", "byte"]))
+        if kind == "low":
+            return draw(st.integers(min_value=0, max_value=min(tracks - 1, 20)))
+        if kind == "high":
+            return draw(st.integers(min_value=max(0, tracks - 20), max_value=tracks - 1))
+        if kind == "byte":  # next to a byte boundary
+            k = draw(st.integers(min_value=0, max_value=(tracks - 1) // 8))
+            return min(tracks - 1, max(0, 8 * k + draw(st.sampled_from([-1, 0, 1, 7]))))
+        return draw(st.integers(min_value=0, max_value=tracks - 1))
+
+    ops: list[tuple[str, int, int]] = []
+    kinds = ["mark"] * 5 + ["clear_range"] * 3 + ["clear_all"]
+    if small:
+        kinds.append("mark_all")
+    for _ in range(draw(st.integers(min_value=0, max_value=10))):
+        op = draw(st.sampled_from(kinds))
+        if op in ("mark", "clear_range"):
+            first = a_track()
+            most = tracks - first if op == "clear_range" or small else min(tracks - first, 3000)
+            count = draw(st.one_of(st.integers(0, min(most, 70)), st.integers(0, most)))
+            ops.append((op, first, count))
+        else:
+            ops.append((op, 0, 0))
+    return tracks, ops
+
+
+@settings(max_examples=120, deadline=None)
+@given(bulk_scenario(), st.data())
+def test_bulk_operations_match_a_set_model(
+    case: tuple[int, list[tuple[str, int, int]]], data: st.DataObject
+) -> None:
+    tracks, ops = case
+    model: set[int] = set()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        TrackBitmap.open(Path(tmp) / "b", tracks=tracks, ldev=7, role=0, track_size=512) as b,
+    ):
+        for op, first, count in ops:
+            if op == "mark":
+                b.mark(first * 512, count * 512)
+                model |= set(range(first, first + count))
+            elif op == "clear_range":
+                b.clear_range(first, count)
+                model = {t for t in model if not first <= t < first + count}
+            elif op == "mark_all":
+                b.mark_all()
+                model = set(range(tracks))
+            else:
+                b.clear_all()
+                model.clear()
+        assert b.count() == len(model)
+        assert list(b.iter_set()) == sorted(model)
+        near = sorted({x for t in model for x in (t - 1, t, t + 1) if 0 <= x <= tracks})
+        starts = [0, tracks - 1, tracks, *near[:10], *near[-10:]]
+        starts += data.draw(st.lists(st.integers(0, tracks + 3), max_size=5), label="starts")
+        for start in starts:
+            limit = data.draw(st.sampled_from([1, 2, 7, 8, 9, 64, 1000, tracks]), label="limit")
+            stop = data.draw(
+                st.one_of(st.none(), st.integers(min_value=0, max_value=tracks)), label="stop"
+            )
+            want = model_run(model, start, limit, tracks if stop is None else stop)
+            assert b.run_from(start, limit, stop) == want, (start, limit, stop)
+        # Walking the runs the way the copier does finds every set track once.
+        walked: list[int] = []
+        at = 0
+        while (run := b.run_from(at, 64)) is not None:
+            first, n = run
+            assert 1 <= n <= 64 and first >= at
+            walked += range(first, first + n)
+            at = first + n
+        assert walked == sorted(model)
+
+
+def test_run_from_and_clear_range_on_a_1_tib_bitmap(tmp_path: Path) -> None:
+    tracks = 4 << 20  # a 1 TiB volume: 512 KiB of bits
+    with TrackBitmap.for_size(tmp_path / "big", tracks * TRACK_SIZE, ldev=3, role=0) as b:
+        assert b.run_from(0, 64) is None
+        b.mark(5 * TRACK_SIZE, 200 * TRACK_SIZE)  # tracks 5..204
+        b.mark((tracks - 3) * TRACK_SIZE, 3 * TRACK_SIZE)
+        assert b.run_from(0, 64) == (5, 64)
+        assert b.run_from(0, 1000) == (5, 200)
+        assert b.run_from(100, 1000) == (100, 105)
+        assert b.run_from(205, 1000) == (tracks - 3, 3)
+        assert b.run_from(205, 1000, stop=tracks - 2) == (tracks - 3, 1)
+        assert b.run_from(205, 1000, stop=tracks - 3) is None
+        b.clear_range(0, tracks - 1)
+        assert list(b.iter_set()) == [tracks - 1]
+        assert b.count() == 1
+        b.mark_all()
+        assert b.run_from(3, tracks) == (3, tracks - 3)
+        b.clear_range(1000, 2)
+        assert b.run_from(3, tracks) == (3, 997)
+        assert b.count() == tracks - 2
+        b.clear_all()
+        assert b.count() == 0 and b.run_from(0, tracks) is None
+        b.clear_all()  # already clear: nothing to do
+        assert b.count() == 0
+
+
+def test_bulk_operations_refuse_bad_ranges(bm: TrackBitmap) -> None:
+    bm.clear_range(0, 0)
+    bm.clear_range(1000, 0)  # an empty range at the end
+    for first, count in ((-1, 1), (0, 1001), (999, 2), (5, -1)):
+        with pytest.raises(ValueError, match="outside"):
+            bm.clear_range(first, count)
+    for start, limit, stop in ((-1, 1, None), (0, 0, None), (0, 1, 1001)):
+        with pytest.raises(ValueError, match="run search"):
+            bm.run_from(start, limit, stop)
+    assert bm.run_from(1000, 1) is None  # past the end: nothing, no error
+    assert bm.run_from(5, 1, 5) is None  # empty range
+
+
+def test_bulk_operations_on_a_closed_bitmap(tmp_path: Path) -> None:
+    b = TrackBitmap.open(tmp_path / "b", tracks=10, ldev=1, role=0)
+    b.close()
+    for call in (lambda: b.clear_range(0, 3), lambda: b.run_from(0, 1), b.clear_all):
+        with pytest.raises(ValueError):
+            call()
+
+
+def test_clear_all_and_count_after_every_way_of_setting_bits(tmp_path: Path) -> None:
+    """clear_all and count skip the scan only when no bit can have been set since."""
+    with (
+        TrackBitmap.open(tmp_path / "a", tracks=100_000, ldev=1, role=0, track_size=512) as a,
+        TrackBitmap.open(tmp_path / "b", tracks=100_000, ldev=1, role=0, track_size=512) as b,
+    ):
+        ways = [
+            lambda: a.mark(512 * 99_999, 1),
+            lambda: a.mark(512 * 70_000, 512 * 3),
+            a.mark_all,
+            lambda: a.merge_from(b),
+        ]
+        b.mark(512 * 50_000, 1)
+        for way in ways:
+            a.clear_all()
+            a.clear_all()
+            assert a.count() == 0
+            way()
+            assert a.count() > 0
+            a.clear_all()
+            assert a.count() == 0 and a.run_from(0, 1) is None
+        a.mark(0, 1)
+        a.clear_range(0, 1)  # cleared bit by bit: still counted right
+        assert a.count() == 0
+    path = tmp_path / "a"
+    with TrackBitmap.open(path, tracks=100_000, ldev=1, role=0, track_size=512) as a:
+        a.mark(512 * 12_345, 1)
+    with TrackBitmap.open(path, tracks=100_000, ldev=1, role=0, track_size=512) as a:
+        assert a.count() == 1  # bits found in the file count
+        a.clear_all()
+        assert a.count() == 0
+    with TrackBitmap.open(path, tracks=100_000, ldev=1, role=0, track_size=512) as a:
+        assert a.count() == 0

@@ -389,15 +389,10 @@ def test_status_without_a_running_agent_exits_3(cluster: Cluster) -> None:
     assert "no agent answers" in left_over.stderr and left_over.stdout == ""
 
 
-def test_status_answers_quickly(cluster: Cluster) -> None:
-    import time
-
+def test_status_answers_from_every_node(cluster: Cluster) -> None:
+    # How fast it answers is measured in bench/failover.py, not asserted here.
     _settled(cluster)
     for name in ("node1", "node2"):
-        started = time.monotonic()
         answer = cluster.agents[name].cli("status")
-        seconds = time.monotonic() - started
         assert answer.returncode == 0, answer.stderr
         assert f"node {name}: " in answer.stdout
-        # "Answers in well under a second": a loose sanity bound, the CLI's start-up included.
-        assert seconds < 2.0, f"nodeagent status took {seconds:.2f} s on {name}"

@@ -578,3 +578,105 @@ def test_record_type() -> None:
     r = Record(seq=1, offset=2, data=b"d", timestamp=3)
     with pytest.raises(AttributeError):
         r.seq = 2  # type: ignore[misc]
+
+
+# -- records kept in memory -------------------------------------------------------------------
+
+
+def as_tuples(records: list[Record]) -> list[tuple[int, int, bytes, int]]:
+    return [(r.seq, r.offset, r.data, r.timestamp) for r in records]
+
+
+def test_new_records_come_from_memory_and_reopened_ones_from_the_file(jpath: Path) -> None:
+    with Journal.open(jpath, ldev=LDEV) as j:
+        fill(j, [100, 200, 300])
+        assert j.cached_records == 3
+        in_memory = j.unapplied()
+        os.truncate(jpath, HEADER_BLOCK)  # the file is not read for them
+        assert j.unapplied() == in_memory
+    with Journal.open(jpath, ldev=LDEV) as j:
+        assert j.unapplied() == []
+    with Journal.open(jpath, ldev=LDEV) as j:
+        fill(j, [100, 200, 300])
+        j.mark_applied(1)
+        assert j.cached_records == 2
+        before = j.unapplied()
+    with Journal.open(jpath, ldev=LDEV) as j:
+        assert j.cached_records == 0  # after a restart: all from the file, CRCs checked
+        assert as_tuples(j.unapplied()) == as_tuples(before)
+        fill(j, [50, 60])  # new ones in memory, behind the file's
+        assert j.cached_records == 2
+        records = j.unapplied()
+        assert [r.seq for r in records] == [2, 3, 4, 5]
+        assert as_tuples(records[:2]) == as_tuples(before)
+        assert [r.data for r in records[2:]] == [data_for(4, 50), data_for(5, 60)]
+        for limit in range(6):  # limits on either side of the file/memory boundary
+            assert j.unapplied(limit) == records[:limit]
+        j.mark_applied(3)  # every record from the file applied
+        assert j.unapplied() == records[2:] and j.cached_records == 2
+        j.mark_applied(5)
+        assert (j.unapplied(), j.cached_records) == ([], 0)
+        with pytest.raises(ValueError, match="negative"):
+            j.unapplied(-1)
+
+
+def test_memory_is_capped_and_the_oldest_are_read_back(jpath: Path) -> None:
+    with Journal.open(jpath, ldev=LDEV, cache_bytes=1000) as j:
+        fill(j, [300] * 5)
+        assert j.cached_records == 3  # 900 bytes fit, the two oldest went
+        assert [r.seq for r in j.unapplied()] == [1, 2, 3, 4, 5]
+        assert [r.data for r in j.unapplied()] == [data_for(s, 300) for s in range(1, 6)]
+        fill(j, [2000])  # bigger than the cap: kept in the file only
+        assert j.cached_records == 0
+        assert [r.seq for r in j.unapplied(limit=7)] == [1, 2, 3, 4, 5, 6]
+        j.mark_applied(6)
+        fill(j, [10])
+        assert (j.cached_records, [r.seq for r in j.unapplied()]) == (1, [7])
+        j.reset()
+        assert (j.cached_records, j.unapplied()) == (0, [])
+    with Journal.open(jpath, ldev=LDEV, cache_bytes=0) as j:
+        fill(j, [10, 10])
+        assert j.cached_records == 0
+        assert [r.data for r in j.unapplied()] == [data_for(8, 10), data_for(9, 10)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=OPS,
+    cache_bytes=st.sampled_from([0, 1, 6000, 20_000, 1 << 26]),
+    limits=st.lists(st.integers(0, 45), min_size=1, max_size=3),
+)
+def test_unapplied_matches_a_model_after_every_step(
+    ops: list[tuple[str, object, object]], cache_bytes: int, limits: list[int]
+) -> None:
+    """Whichever records are in memory, unapplied() gives the model's, at every step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "j.jrnl"
+        j = Journal.open(path, ldev=LDEV, compact_at=10_000, cache_bytes=cache_bytes)
+        model: list[tuple[int, int, bytes]] = []
+        try:
+            for op, a, b in ops:
+                if op == "append":
+                    assert isinstance(a, int) and isinstance(b, bytes)
+                    model.append((j.append(a, b), a, b))
+                elif op == "mark":
+                    assert isinstance(a, float)
+                    upto = int(a * len(model))
+                    if upto:
+                        j.mark_applied(model[upto - 1][0])
+                        del model[:upto]
+                elif op == "reopen":
+                    j.close()
+                    j = Journal.open(path, ldev=LDEV, compact_at=10_000, cache_bytes=cache_bytes)
+                elif op == "compact":
+                    j.compact()
+                else:
+                    j.reset()
+                    model.clear()
+                assert 0 <= j.cached_records <= j.lag_records == len(model)
+                assert [(r.seq, r.offset, r.data) for r in j.unapplied()] == model
+                for limit in limits:
+                    got = [(r.seq, r.offset, r.data) for r in j.unapplied(limit)]
+                    assert got == model[:limit]
+        finally:
+            j.close()
