@@ -419,11 +419,12 @@ class Array:
             ]
         if refused:
             raise CommandRejected("; ".join(refused))
+        instant = time.time_ns()
         for pair, decision in decisions:
             if decision.outcome is not Outcome.ACCEPT:
                 continue
             if command in (Command.SPLIT, Command.FORM_SPLIT):
-                pair.split(quick=quick)
+                pair.split(quick=quick, at=instant)
             elif command is Command.RESYNC:
                 pair.resync()
             elif command is Command.RESTORE:

@@ -273,14 +273,17 @@ class Pair:
 
     # -- commands (the caller checked them against blockemu.pairstate) ----
 
-    def split(self, *, quick: bool) -> None:
-        """Split at this instant; a steady split keeps the S-VOL hidden until the copy is done."""
+    def split(self, *, quick: bool, at: int | None = None) -> None:
+        """Split at this instant; a steady split keeps the S-VOL hidden until the copy is done.
+
+        *at* is the split time to record (a consistency group passes one for all its pairs).
+        """
         self._journal_to_pending()
         self.pdiff.clear_all()
         self.sdiff.clear_all()
         done = self.pending.count() == 0
         status = PairStatus.PSUS if quick or done else PairStatus.COPY_SP
-        self.set_status(status, split_time=time.time_ns())
+        self.set_status(status, split_time=time.time_ns() if at is None else at)
         self.wake()
 
     def resync(self) -> None:

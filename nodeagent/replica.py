@@ -1,0 +1,176 @@
+"""What the S-VOL consistency protocol asks of the array and of this host's buffer.
+
+The protocol core (:mod:`nodeagent.protocol`) only says *what* to do: run the
+replica, release or take the control right on a group's S-VOLs, reflect the
+group into this node's disk-info buffer. This module does it, against the
+array (through the agent's :class:`~blockemu.connection.ArrayConnection`) and
+the host's :class:`~blockemu.hostbuffer.HostBuffer`.
+
+Running a replica is **idempotent**: it reads the pairs' states first and only
+asks the array for what has not happened yet, because a node recovering from a
+crash at A1/B1 does not know whether the old active got that far. A split is
+done once its S-VOLs are split and visible (PSUS at 100 %); a resync or
+restore once the array has accepted it (the S-VOL is hidden from then on).
+
+Reflecting makes the buffer match the array for every S-VOL of the group,
+whatever happened: a split S-VOL is refreshed (its PVID read by physical name,
+the control right taken, its info read, stored, the control right released);
+a paired one is hidden, so its entry is forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from blockemu.client import ArrayClient
+from blockemu.connection import ArrayConnection
+from blockemu.errors import ArrayError
+from blockemu.hostbuffer import HostBuffer, refresh
+from formats.horcm import PairDef
+from formats.state_file import ReplicaOp
+from formats.units import format_ldev
+from formats.volume_header import Attr
+from formats.wire import Op
+
+log = logging.getLogger(__name__)
+
+#: How long a steady split may take to reach PSUS before it counts as failed.
+SPLIT_TIMEOUT = 600.0
+_SPLIT_DONE = {"PSUS"}
+_PAIRED = {"PAIR", "COPY", "COPY_RS"}
+_COMMAND = {
+    ReplicaOp.SPLIT: Op.PAIR_SPLIT,
+    ReplicaOp.QUICK_SPLIT: Op.PAIR_SPLIT,
+    ReplicaOp.RESYNC: Op.PAIR_RESYNC,
+    ReplicaOp.RESTORE: Op.PAIR_RESTORE,
+}
+
+
+class ReplicaOps:
+    def __init__(
+        self, array: ArrayConnection, buffer: HostBuffer, pairs: Sequence[PairDef]
+    ) -> None:
+        self.array = array
+        self.buffer = buffer
+        self.pairs = list(pairs)
+
+    def groups(self) -> list[str]:
+        return sorted({p.group for p in self.pairs})
+
+    def of(self, group: str) -> list[PairDef]:
+        """The pairs of *group* ("" = every group), or KeyError naming the known groups."""
+        found = [p for p in self.pairs if not group or p.group == group]
+        if not found:
+            raise KeyError(
+                f"no replica group {group!r} in the definition files; known: "
+                f"{', '.join(self.groups()) or 'none'}"
+            )
+        return found
+
+    async def _rows(self, pairs: list[PairDef]) -> dict[int, dict[str, Any]]:
+        async def display(c: ArrayClient) -> list[dict[str, Any]]:
+            return await c.pair_display()
+
+        rows = await self.array.call(display)
+        wanted = {p.pvol_ldev for p in pairs}
+        return {_ldev(r["pvol"]): r for r in rows if _ldev(r["pvol"]) in wanted}
+
+    async def run_replica(self, op: ReplicaOp, group: str) -> tuple[bool, str]:
+        """Bring the group's pairs to where *op* takes them; (ok, what happened)."""
+        pairs = self.of(group)
+        try:
+            rows = await self._rows(pairs)
+            missing = [p for p in pairs if _key(p) not in rows]
+            if missing:
+                names = ", ".join(format_ldev(p.pvol_ldev) for p in missing)
+                return False, f"no pair on the array for P-VOL(s) {names}"
+            todo = [p for p in pairs if not _reached(op, rows[_key(p)]["status"])]
+            if todo:
+                await self._command(op, todo, rows)
+            if op in (ReplicaOp.SPLIT, ReplicaOp.QUICK_SPLIT):
+                await self._wait_visible(pairs)
+        except (ArrayError, OSError, trio.TooSlowError) as exc:
+            return False, f"{op.name.lower()} of {group or 'all groups'} failed: {exc}"
+        done = "already done" if not todo else f"ran on {len(todo)} pair(s)"
+        return True, f"{op.name.lower()} of {group or 'all groups'}: {done}"
+
+    async def _command(
+        self, op: ReplicaOp, todo: list[PairDef], rows: dict[int, dict[str, Any]]
+    ) -> None:
+        quick = op is ReplicaOp.QUICK_SPLIT
+        groups = {rows[_key(p)]["group"] for p in todo}
+        if len(todo) > 1 and len(groups) == 1 and None not in groups:
+            # One consistency group on the array: one command, one instant.
+            selectors: list[dict[str, Any]] = [{"group": groups.pop()}]
+        else:
+            selectors = [{"pvol": format_ldev(p.pvol_ldev)} for p in todo]
+        for selector in selectors:
+
+            async def command(c: ArrayClient, s: dict[str, Any] = selector) -> object:
+                return await c.pair_command(_COMMAND[op], s, quick=quick)
+
+            await self.array.call(command)
+
+    async def _wait_visible(self, pairs: list[PairDef]) -> None:
+        with trio.fail_after(SPLIT_TIMEOUT):
+            while True:
+                rows = await self._rows(pairs)
+                if all(rows[_key(p)]["status"] in _SPLIT_DONE for p in pairs):
+                    return
+                await trio.sleep(0.05)
+
+    async def control(self, group: str, *, take: bool) -> None:
+        """Take (reserve) or release this host's control right on the group's S-VOLs."""
+        for p in self.of(group):
+
+            async def call(c: ArrayClient, ldev: int = p.svol_ldev) -> None:
+                await (c.reserve(ldev) if take else c.release(ldev))
+
+            await self.array.call(call)
+
+    async def reflect(self, group: str) -> tuple[bool, str]:
+        """Make this host's buffer match the array for every S-VOL of *group*."""
+        done = []
+        try:
+            for p in self.of(group):
+                ldev = p.svol_ldev
+
+                async def show(c: ArrayClient, x: int = ldev) -> Any:
+                    return await c.show(x)
+
+                header = await self.array.call(show)
+                if header.info.attributes & Attr.HIDDEN:
+                    if self.buffer.by_ldev(ldev) is not None:
+                        self.buffer.forget(ldev)
+                    done.append(f"{format_ldev(ldev)} forgotten (paired)")
+                else:
+
+                    async def do_refresh(c: ArrayClient, x: int = ldev) -> Any:
+                        return await refresh(c, self.buffer, x, take_control=True)
+
+                    entry = await self.array.call(do_refresh)
+                    done.append(f"{format_ldev(ldev)} -> {entry.device} PVID {entry.pvid.hex()}")
+        except (ArrayError, OSError, KeyError) as exc:
+            return False, f"reflection of {group or 'all groups'} failed: {exc}"
+        return True, "; ".join(done)
+
+
+def _ldev(name: str) -> int:
+    cu, _, ld = name.partition(":")
+    return int(cu, 16) << 8 | int(ld, 16)
+
+
+def _key(p: PairDef) -> int:
+    return p.pvol_ldev
+
+
+def _reached(op: ReplicaOp, status: str) -> bool:
+    if op in (ReplicaOp.SPLIT, ReplicaOp.QUICK_SPLIT):
+        return status in ("PSUS", "COPY_SP", "PSUE")
+    if op is ReplicaOp.RESYNC:
+        return status in _PAIRED
+    return status in ("COPY_RS_R", "PAIR")
