@@ -42,16 +42,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
-import platform
 import random
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -61,31 +54,43 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from rich.console import Console
 from rich.table import Table
 
 from blockemu.address import parse_address
 from blockemu.client import ArrayClient, open_client
-from formats.errors import FormatError
-from formats.units import format_size, parse_size
+from formats.units import format_size
 
-MIB = 1 << 20
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py: see there
+from common import (
+    MIB,
+    add_columns,
+    array_server,
+    check_dir,
+    filesystem_text,
+    format_rate,
+    machine_text,
+    number_type,
+    print_json,
+    print_notes,
+    progress,
+    python_text,
+    ratio,
+    report_console,
+    run_main,
+    scratch_dir,
+    size_type,
+)
+
 SEQ_BLOCK = 1 << 20
 RANDOM_BLOCK = 4096
 SEED = 20240611
 LDEV = 0x00
-SERVER_START_TIMEOUT = 15.0
-SERVER_STOP_TIMEOUT = 10.0
-#: sun_path of a unix socket holds 108 bytes including the trailing NUL.
-MAX_SOCKET_PATH = 107
 
 ARRAY_TEXT = "array: `blockemu serve` in its own process, one ArrayClient over a unix socket"
 BASELINE_TEXT = (
     "baseline: os.pread/os.pwrite (+ os.fdatasync for the flush) on a sparse file in the "
     "same directory, from this process; QD1 in one thread, QD16 in 16 threads sharing the GIL"
 )
-
-progress = Console(stderr=True, highlight=False)
 
 
 # -- workloads and results -------------------------------------------------
@@ -271,87 +276,7 @@ def run_on_file(workload: Workload, fd: int, cfg: Config) -> Result:
     return file_random(fd, cfg, workload.write_share, workload.depth)
 
 
-# -- the array server process and the scratch directory --------------------
-
-
-@contextmanager
-def scratch_dir(parent: str | None) -> Iterator[Path]:
-    """A fresh directory under *parent* (default: the system's temp dir), removed after."""
-    path = Path(tempfile.mkdtemp(prefix="blockemu-bench-", dir=parent))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def accepts_connections(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
-def wait_until_listening(proc: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while not accepts_connections(sock):
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"the array server exited with status {proc.returncode} before listening "
-                "(its log is printed above)"
-            )
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"the array server did not listen on {sock} within {SERVER_START_TIMEOUT:.0f} s"
-            )
-        time.sleep(0.05)
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, as `blockemu serve` expects; SIGKILL if it does not stop in time."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=SERVER_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        progress.print(f"[yellow]array server (pid {proc.pid}) ignored SIGTERM; killing it[/]")
-        proc.kill()
-        proc.wait()
-
-
-@contextmanager
-def array_server(workdir: Path) -> Iterator[str]:
-    """Run `blockemu serve` on WORKDIR/root; yields its address. Stopped on exit."""
-    sock = workdir / "array.sock"
-    if len(str(sock)) > MAX_SOCKET_PATH:
-        raise RuntimeError(f"{sock} is too long for a unix socket path: pick a shorter --dir")
-    log = workdir / "server.log"
-    command = [sys.executable, "-m", "blockemu", "serve", "--root", str(workdir / "root")]
-    command += ["--listen", f"unix:{sock}", "--log-level", "warning"]
-    with log.open("wb") as log_file:
-        # A session of its own: Ctrl-C reaches only this script, which then stops
-        # the server itself with SIGTERM instead of losing the connection mid-workload.
-        proc = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True
-        )
-    try:
-        wait_until_listening(proc, sock, log)
-        yield f"unix:{sock}"
-    finally:
-        stop_server(proc)
-        report_server_exit(proc, log)
-
-
-def report_server_exit(proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Show what the server logged (warnings and up) and an unclean exit status."""
-    text = log.read_text(errors="replace").strip() if log.exists() else ""
-    if text:
-        progress.print("[yellow]array server log:[/]")
-        progress.print(text, markup=False)
-    if proc.returncode not in (0, -signal.SIGTERM):
-        progress.print(f"[yellow]array server exited with status {proc.returncode}[/]")
+# -- the baseline file ----------------------------------------------------
 
 
 @contextmanager
@@ -401,38 +326,18 @@ async def run_all(address: str, fd: int, cfg: Config) -> list[tuple[Workload, Re
 # -- reporting -------------------------------------------------------------
 
 
-def filesystem_of(path: Path) -> str:
-    """The type and source of the mount holding *path*, e.g. ``ext4 on /dev/vda``."""
-    target = os.path.realpath(path)
-    best = ("", "unknown", "unknown")
-    try:
-        with open("/proc/self/mounts") as mounts:
-            for line in mounts:
-                source, mountpoint, fstype = line.split()[:3]
-                inside = target == mountpoint or target.startswith(mountpoint.rstrip("/") + "/")
-                if inside and len(mountpoint) >= len(best[0]):
-                    best = (mountpoint, fstype, source)
-    except OSError:
-        return "unknown"
-    return f"{best[1]} on {best[2]}"
-
-
 def machine_info(workdir: Path, cfg: Config) -> dict[str, Any]:
     return {
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "python": python_text(),
         "cores": os.cpu_count(),
         "dir": str(workdir.parent),
-        "filesystem": filesystem_of(workdir),
+        "filesystem": filesystem_text(workdir),
         "size": cfg.size,
         "seconds": cfg.seconds,
         "seed": SEED,
         "array": ARRAY_TEXT,
         "baseline": BASELINE_TEXT,
     }
-
-
-def format_rate(value: float, unit: str) -> str:
-    return f"{value:,.1f}" if unit == "MiB/s" else f"{value:,.0f}"
 
 
 def result_json(workload: Workload, on_array: Result, on_file: Result) -> dict[str, Any]:
@@ -444,7 +349,7 @@ def result_json(workload: Workload, on_array: Result, on_file: Result) -> dict[s
         "unit": workload.unit,
         "array": round(array_rate, 2),
         "baseline": round(file_rate, 2),
-        "ratio": round(array_rate / file_rate, 2),
+        "ratio": round(ratio(array_rate, file_rate), 2),
         "array_requests": on_array.ops,
         "array_seconds": round(on_array.seconds, 4),
         "baseline_requests": on_file.ops,
@@ -453,18 +358,15 @@ def result_json(workload: Workload, on_array: Result, on_file: Result) -> dict[s
 
 
 def print_table(info: dict[str, Any], rows: list[tuple[Workload, Result, Result]]) -> None:
-    console = Console() if sys.stdout.isatty() else Console(width=120)
+    console = report_console(120)
     console.print(
-        f"{info['python']}, {info['cores']} cores; volume {format_size(info['size'])} "
+        f"{machine_text()}; volume {format_size(info['size'])} "
         f"in {info['dir']} ({info['filesystem']}); timed workloads {info['seconds']:g} s per side",
         highlight=False,
     )
     table = Table()
-    table.add_column("workload")
-    table.add_column("unit")
-    table.add_column("array", justify="right")
-    table.add_column("baseline", justify="right")
-    table.add_column("array/baseline", justify="right")
+    add_columns(table, "workload", "unit")
+    add_columns(table, "array", "baseline", "array/baseline", right=True)
     for workload, on_array, on_file in rows:
         array_rate = on_array.rate(workload.unit)
         file_rate = on_file.rate(workload.unit)
@@ -473,34 +375,13 @@ def print_table(info: dict[str, Any], rows: list[tuple[Workload, Result, Result]
             workload.unit,
             format_rate(array_rate, workload.unit),
             format_rate(file_rate, workload.unit),
-            f"{array_rate / file_rate:.2f}",
+            f"{ratio(array_rate, file_rate):.2f}",
         )
     console.print(table)
-    for note in (ARRAY_TEXT, BASELINE_TEXT):
-        console.print(note, highlight=False, markup=False, soft_wrap=True)
+    print_notes(console, (ARRAY_TEXT, BASELINE_TEXT))
 
 
 # -- command line ----------------------------------------------------------
-
-
-def size_arg(text: str) -> int:
-    try:
-        size = parse_size(text)
-    except FormatError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if size < SEQ_BLOCK or size % SEQ_BLOCK:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be a positive multiple of 1M")
-    return size
-
-
-def seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"--seconds {text!r} must be a positive number")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -508,10 +389,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Block I/O through a blockemu array over a unix socket, next to plain "
         "pread/pwrite on a file (the baseline). Progress goes to stderr.",
     )
-    parser.add_argument("--size", type=size_arg, default="256M", help="volume size (default 256M)")
+    parser.add_argument(
+        "--size",
+        type=size_type(SEQ_BLOCK, SEQ_BLOCK, "a positive multiple of 1M"),
+        default="256M",
+        help="volume size (default 256M)",
+    )
     parser.add_argument(
         "--seconds",
-        type=seconds_arg,
+        type=number_type("--seconds", lambda v: v > 0, "a positive number"),
         default=5.0,
         help="duration of the read and random workloads, per side (default 5)",
     )
@@ -520,41 +406,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    if args.dir is not None and not os.path.isdir(args.dir):
-        parser.error(f"--dir {args.dir!r} is not a directory")
+    if args.dir is not None:
+        check_dir(parser, args.dir)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = Config(args.size, args.seconds, random.Random(SEED).randbytes(SEQ_BLOCK))
-    with scratch_dir(args.dir) as workdir:
+    with scratch_dir(args.dir, "blockemu-bench-", quiet=True) as workdir:
         info = machine_info(workdir, cfg)
         progress.print(f"scratch directory {workdir} ({info['filesystem']})")
-        with array_server(workdir) as address, baseline_file(workdir, cfg.size) as fd:
-            rows = trio.run(run_all, address, fd, cfg)
+        with array_server(workdir) as server, baseline_file(workdir, cfg.size) as fd:
+            rows = trio.run(run_all, server.address, fd, cfg)
     if args.json:
         info["workloads"] = [result_json(*row) for row in rows]
-        json.dump(info, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(info)
     else:
         print_table(info, rows)
 
 
-def interrupted(exc: BaseException) -> bool:
-    """Ctrl-C, possibly wrapped in the exception group of a trio nursery."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(KeyboardInterrupt) is not None
-    return isinstance(exc, KeyboardInterrupt)
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as exc:
-        if not interrupted(exc):
-            raise
-        progress.print(
-            "interrupted; the array server was stopped and the scratch directory removed"
-        )
-        sys.exit(130)
+    run_main(main, "interrupted; the array server was stopped and the scratch directory removed")

@@ -62,23 +62,19 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
-from rich.console import Console
 from rich.table import Table
 
 from blockemu.address import Address, parse_address
@@ -89,7 +85,32 @@ from formats.hosts_config import read_key_file
 from formats.node_config import NodeConfig, load_node_config
 from nodeagent.agent import EXIT_LEFT, control_request
 
-MIB = 1 << 20
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py: see there
+from common import (
+    MAX_SOCKET_PATH,
+    MIB,
+    Daemon,
+    add_columns,
+    array_socket,
+    check_dir,
+    coloured,
+    handle_sigterm,
+    launch,
+    load_average,
+    load_text,
+    machine_text,
+    mounts_under,
+    print_notes,
+    progress,
+    report_console,
+    run_main,
+    scratch_dir,
+    serve_command,
+    stop_process,
+    tcp_address,
+    unmount_fuse,
+)
+
 NODES = {"node1": 30, "node2": 20, "node3": 10}  # id -> priority
 PVOL, SVOL = 0x10, 0x11
 FENCED_WRITES = 10  # per pause run
@@ -101,7 +122,6 @@ EXIT_TIMEOUT = 30.0  # a woken paused node leaving
 STOP_TIMEOUT = 15.0  # SIGTERM -> exit, before SIGKILL
 ATTACH_GONE_TIMEOUT = 10.0
 POLL = 0.02
-MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes including the trailing NUL
 GOAL_DETECTION = 1.5
 GOAL_FAILOVER_P50 = 2.5
 GOAL_FAILOVER_P99 = 4.0
@@ -113,17 +133,7 @@ SOURCES = {
     "preempt": "array_call preempt by the new active",
 }
 
-progress = Console(stderr=True, highlight=False)
 Event = dict[str, Any]
-
-
-class Terminated(Exception):
-    """SIGTERM reached this script."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
-    raise Terminated("terminated by SIGTERM")
 
 
 # -- event logs ---------------------------------------------------------------------
@@ -206,85 +216,30 @@ class Node:
     def stop(self) -> None:
         """SIGCONT + SIGTERM by PID (the agent runs its stop hook if active); SIGKILL if it
         lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGCONT)
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            progress.print(f"[yellow]{self.id} (pid {self.proc.pid}) ignored SIGTERM; killing it")
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, self.id, timeout=STOP_TIMEOUT, cont=True)
 
 
 @dataclass
 class ArrayServer:
-    proc: subprocess.Popen[bytes]
+    daemon: Daemon
     unix: Address
     tcp: Address
 
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            progress.print(f"[yellow]array (pid {self.proc.pid}) ignored SIGTERM; killing it")
-            self.proc.kill()
-            self.proc.wait()
 
-
-def start_array(workdir: Path, hosts: Path, procs: list[subprocess.Popen[bytes]]) -> ArrayServer:
+def start_array(workdir: Path, hosts: Path, daemons: list[Daemon]) -> ArrayServer:
     """`blockemu serve` on unix and tcp loopback; its address read from its first line."""
-    sock = workdir / "array.sock"
-    out_path, log_path = workdir / "array.out", workdir / "array.log"
-    cmd = [sys.executable, "-m", "blockemu", "serve", "--root", str(workdir / "root"),
-           "--listen", f"unix:{sock}", "--listen", "tcp:127.0.0.1:0", "--hosts", str(hosts),
-           "--log-level", "warning"]  # fmt: skip
-    with out_path.open("wb") as out, log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=log, start_new_session=True)
-    procs.append(proc)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        text = out_path.read_text(errors="replace")
-        if "\n" in text and "listening on " in text:
-            break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the array did not start: {log_path.read_text(errors='replace')}")
-        time.sleep(POLL)
-    bound = text.partition("\n")[0].split("listening on ")[1].split()
-    tcp = next(a for a in bound if a.startswith("tcp:"))
-    return ArrayServer(proc, parse_address(f"unix:{sock}"), parse_address(tcp))
+    sock = array_socket(workdir)
+    command = serve_command(workdir, sock, "--listen", "tcp:127.0.0.1:0", "--hosts", str(hosts))
+    array = launch(workdir, "array", command, "array")
+    daemons.append(array)  # stopped by teardown(), after the agents
+    banner = array.wait_for("listening on", START_TIMEOUT)
+    return ArrayServer(array, parse_address(f"unix:{sock}"), parse_address(tcp_address(banner)))
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def mounts_under(directory: Path) -> list[Path]:
-    """Mount points at or below *directory*, from /proc/self/mountinfo (octal escapes
-    decoded); FUSE mounts whose daemon died are listed too, unlike os.path.ismount."""
-    root = os.path.realpath(directory)
-    found = []
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                raw = line.split()[4]
-                point = raw.encode().decode("unicode_escape")
-                if point == root or point.startswith(root + "/"):
-                    found.append(Path(point))
-    except OSError:
-        pass
-    return found
-
-
-def unmount(path: Path) -> bool:
-    done = subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
-    return done.returncode == 0
 
 
 def pid_alive(pid: int) -> bool:
@@ -490,7 +445,7 @@ class Cluster:
         for point in mounts_under(node.view):
             results.stale_mounts += 1
             progress.print(f"[yellow]    {point} still mounted: fusermount3 -u -z")
-            unmount(point)
+            unmount_fuse(point)
 
     def one_run(self, number: int, mode: str, rng: random.Random, results: Results) -> Run:
         interval = self.layout.heartbeat_interval
@@ -565,20 +520,6 @@ def show_run(run: Run, total: int) -> None:
 # -- setting up and tearing down ----------------------------------------------------------
 
 
-@contextmanager
-def scratch_dir(parent: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="blockemu-failover-", dir=parent))
-    try:
-        yield path
-    finally:
-        left = mounts_under(path)
-        if left:
-            progress.print(f"[red]kept {path}: still mounted there: {', '.join(map(str, left))}")
-        else:
-            progress.print(f"removing {path}")
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def make_layout(workdir: Path, interval: float, misses: int) -> LabLayout:
     nodes = [LabNode(n, p, f"tcp:127.0.0.1:{free_port()}") for n, p in NODES.items()]
     layout = LabLayout(
@@ -594,7 +535,7 @@ def make_layout(workdir: Path, interval: float, misses: int) -> LabLayout:
     return layout
 
 
-def teardown(cluster: Cluster | None, procs: list[subprocess.Popen[bytes]], workdir: Path) -> None:
+def teardown(cluster: Cluster | None, daemons: list[Daemon], workdir: Path) -> None:
     """Everything started, stopped by PID: agents, their attach children, the array."""
     if cluster is not None:
         for node in cluster.nodes.values():
@@ -612,26 +553,20 @@ def teardown(cluster: Cluster | None, procs: list[subprocess.Popen[bytes]], work
                         os.kill(pid, signal.SIGKILL)
     for point in mounts_under(workdir):
         progress.print(f"[yellow]{point} is still mounted: fusermount3 -u -z")
-        unmount(point)
-    for proc in procs:  # the array
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        unmount_fuse(point)
+    for daemon in daemons:  # the array
+        daemon.stop(STOP_TIMEOUT)
 
 
 def run_all(args: argparse.Namespace, workdir: Path) -> tuple[Results, LabLayout, float]:
     results = Results()
     rng = random.Random(SEED)
-    procs: list[subprocess.Popen[bytes]] = []
+    daemons: list[Daemon] = []
     cluster: Cluster | None = None
     try:
         layout = make_layout(workdir, args.interval, args.misses)
-        array = start_array(workdir, layout.hosts_config, procs)
-        progress.print(f"array pid {array.proc.pid} on {array.unix} and {array.tcp}")
+        array = start_array(workdir, layout.hosts_config, daemons)
+        progress.print(f"array pid {array.daemon.pid} on {array.unix} and {array.tcp}")
         layout.array_address = str(array.tcp)
         write_node_configs(layout)
         trio.run(_make_volumes, array.unix)
@@ -641,7 +576,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[Results, LabLayout
         pids = ", ".join(f"{n} {node.pid}" for n, node in cluster.nodes.items())
         progress.print(f"agents started (pids {pids}); heartbeat {args.interval:g} s x "
                        f"{args.misses} misses")  # fmt: skip
-        load = os.getloadavg()[0]
+        load = load_average()
         for number in range(1, args.runs + 1):
             mode = "SIGKILL" if number % 2 == 1 else "SIGSTOP"
             run = cluster.one_run(number, mode, rng, results)
@@ -653,7 +588,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[Results, LabLayout
         progress.print(f"settled after the last run: {last} active, the restarted node standby")
         return results, layout, load
     finally:
-        teardown(cluster, procs, workdir)
+        teardown(cluster, daemons, workdir)
 
 
 # -- reporting --------------------------------------------------------------------------
@@ -666,18 +601,17 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def verdict(ok: bool) -> str:
-    return "[green]yes[/]" if ok else "[red]NO[/]"
+    return coloured("yes" if ok else "NO", ok)
 
 
 def print_report(args: argparse.Namespace, results: Results, load: float) -> None:
-    console = Console() if sys.stdout.isatty() else Console(width=150)
+    console = report_console(150)
     runs = results.runs
     kills = [r for r in runs if r.mode == "SIGKILL"]
     pauses = [r for r in runs if r.mode == "SIGSTOP"]
     detection_window = args.interval * args.misses
     console.print(
-        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, "
-        f"load average {load:.1f} at the start and {os.getloadavg()[0]:.1f} at the end. "
+        f"{machine_text()}, {load_text(load, load_average())}. "
         f"1 array + 3 agents on loopback; heartbeat interval [bold]{args.interval:g} s[/], "
         f"misses [bold]{args.misses}[/] (a peer is dead after {detection_window:g} s of "
         f"silence); {len(runs)} runs: {len(kills)} SIGKILL, {len(pauses)} SIGSTOP",
@@ -685,10 +619,8 @@ def print_report(args: argparse.Namespace, results: Results, load: float) -> Non
     )
     table = Table()
     table.add_column("measurement (from the kill/pause, t0)", ratio=1)
-    for name in ("runs", "p50", "p99", "max"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("goal", no_wrap=True)
-    table.add_column("met", no_wrap=True)
+    add_columns(table, "runs", "p50", "p99", "max", right=True, no_wrap=True)
+    add_columns(table, "goal", "met", no_wrap=True)
 
     def rows(title: str, pick: Callable[[Run], float], goal: str,
              check: Callable[[list[float]], bool] | None) -> None:  # fmt: skip
@@ -744,17 +676,16 @@ def print_report(args: argparse.Namespace, results: Results, load: float) -> Non
         str(len(runs)), str(results.stale_mounts), "", "", "", "",
     )  # fmt: skip
     console.print(table)
-    console.print(
+    note = (
         f"Goals assume the lab's heartbeat (interval 0.25-0.5 s, 3 misses); this run: "
         f"{args.interval:g} s x {args.misses}. Percentiles are nearest-rank: with few runs p99 "
         "is the maximum. Detection is quantised by the heartbeat interval (heartbeats and "
         "decisions both run once per interval); failover adds the preempts, the start hook and "
         "one interval per extra lease read (a holder that renewed within the detection time "
         "counts as alive, so the lease is read again; progress shows how often it was read). "
-        "Nothing is asserted.",
-        highlight=False,
-        soft_wrap=True,
+        "Nothing is asserted."
     )
+    print_notes(console, [note])
 
 
 # -- command line -------------------------------------------------------------------------
@@ -781,32 +712,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--interval must be in (0, 10] seconds")
     if args.misses < 1:
         parser.error("--misses must be at least 1")
-    if not os.path.isdir(args.dir):
-        parser.error(f"--dir {args.dir!r} is not a directory")
+    check_dir(parser, args.dir)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    with scratch_dir(args.dir) as workdir:
+    handle_sigterm()
+    with scratch_dir(args.dir, "blockemu-failover-") as workdir:
         progress.print(f"scratch directory {workdir}")
         results, _, load = run_all(args, workdir)
     print_report(args, results, load)
 
 
-def stopped(exc: BaseException) -> bool:
-    """Ctrl-C or SIGTERM, possibly wrapped in the exception group of a trio nursery."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup((KeyboardInterrupt, Terminated)) is not None
-    return isinstance(exc, KeyboardInterrupt | Terminated)
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as exc:
-        if not stopped(exc):
-            raise
-        progress.print("stopped; every process was stopped and the scratch directory removed")
-        sys.exit(130)
+    run_main(main, "stopped; every process was stopped and the scratch directory removed")

@@ -64,7 +64,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -75,30 +74,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from blockemu.fusefs import mounts_at
-from formats.errors import FormatError
 from formats.units import format_size, parse_size
 
-KIB = 1 << 10
-MIB = 1 << 20
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py: see there
+from common import (
+    DISK_PARENT,
+    KIB,
+    MIB,
+    Daemon,
+    add_columns,
+    array_socket,
+    check_dir,
+    coloured,
+    filesystem_text,
+    format_rate,
+    handle_sigterm,
+    launch,
+    load_average,
+    mounts_under,
+    number_type,
+    print_json,
+    print_notes,
+    progress,
+    python_text,
+    ratio,
+    refuse_memory_filesystem,
+    report_console,
+    require_free_space,
+    run_main,
+    serve_command,
+    size_type,
+    stop_process,
+    tcp_address,
+    unmount_fuse,
+)
+
 DEFAULT_SIZE = "1G"
 DEFAULT_RUNTIME = 5.0
 QUICK_SIZE = "256M"
 QUICK_RUNTIME = 2.0
-DEFAULT_PARENT = "/var/tmp"
-#: Filesystems that live in RAM: no O_DIRECT, nothing to compare with.
-MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
 ARRAY_LDEV = "00:10"  # the array view's volume (file 00-10)
 HOST_LDEV = "00:11"  # the host view's volume (hdisk0 of host bench)
 HOST_ID = "bench"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 CLI_TIMEOUT = 60.0
-#: sun_path of a unix socket holds 108 bytes including the trailing NUL.
-MAX_SOCKET_PATH = 107
 
 TARGETS = ("native", "array", "host")
 TARGET_TITLES = {"native": "native", "array": "array view", "host": "host view"}
@@ -108,16 +131,6 @@ TARGET_TEXT = {
     "host": "host view: loop device (--direct-io=on) on `blockemu attach` DIR/hdisk0, "
     "host bench authenticated over TCP loopback to the same array",
 }
-
-progress = Console(stderr=True, highlight=False)
-
-
-class Terminated(Exception):
-    """SIGTERM reached this script."""
-
-
-def on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated("terminated by SIGTERM")
 
 
 # -- jobs, goals and results ----------------------------------------------------
@@ -228,8 +241,7 @@ class Row:
 
     def ratio(self, name: str) -> float:
         top, bottom = name.split("/")
-        below = self.rate(bottom)
-        return self.rate(top) / below if below else float("nan")
+        return ratio(self.rate(top), self.rate(bottom))
 
 
 def parse_fio(stdout: str, job: Job) -> tuple[float, float, int, float, float, float]:
@@ -284,7 +296,7 @@ class Rig:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.daemons: dict[str, subprocess.Popen[bytes]] = {}  # "serve"/"attach", in order
+        self.daemons: dict[str, Daemon] = {}  # "serve"/"attach", in order
         self.loops: list[str] = []
         self.mountpoints: list[Path] = []
         self.fio: subprocess.Popen[str] | None = None
@@ -293,28 +305,9 @@ class Rig:
 
     def start_daemon(self, name: str, command: list[str], ready: str) -> str:
         """Start *command* as daemon *name*; wait for a stdout line holding *ready*."""
-        out = self.workdir / f"{name}.out"
-        log = self.workdir / f"{name}.log"
-        with out.open("wb") as out_file, log.open("wb") as log_file:
-            # A session of its own: Ctrl-C reaches only this script, which then
-            # stops the daemons by PID in the right order (loop devices first).
-            proc = subprocess.Popen(
-                command, stdout=out_file, stderr=log_file, start_new_session=True
-            )
-        self.daemons[name] = proc
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            for line in out.read_text(errors="replace").splitlines():
-                if ready in line:
-                    return line
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"`{name}` exited with status {proc.returncode} at start: "
-                    f"{log.read_text(errors='replace').strip()}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"`{name}` did not start within {START_TIMEOUT:.0f} s")
-            time.sleep(0.05)
+        daemon = launch(self.workdir, name, command, f"blockemu {name}")
+        self.daemons[name] = daemon  # stopped by cleanup(), after the loop devices
+        return daemon.wait_for(ready, START_TIMEOUT)
 
     def losetup(self, file: Path) -> str:
         deadline = time.monotonic() + 5
@@ -342,22 +335,22 @@ class Rig:
         return out
 
     def daemon_cpu(self) -> dict[str, float]:
-        return {name: cpu_seconds(proc.pid) for name, proc in self.daemons.items()}
+        return {name: cpu_seconds(daemon.pid) for name, daemon in self.daemons.items()}
 
     # -- undoing them ----------------------------------------------------
 
     def cleanup(self) -> list[str]:
         """Undo everything, in reverse order; the problems left (empty if clean)."""
-        stop(self.fio, "fio", timeout=10)
+        stop_process(self.fio, "fio", timeout=10)
         # Also a loop device attached just before a Ctrl-C, before it was recorded.
         for dev in reversed([name for name, _ in self.loops_of_this_run()]):
             detach_loop(dev)
-        for name in reversed(list(self.daemons)):
-            stop(self.daemons[name], f"blockemu {name}", timeout=STOP_TIMEOUT)
+        for daemon in reversed(list(self.daemons.values())):
+            daemon.stop(STOP_TIMEOUT)
         for path in self.mountpoints:
             if any(t.startswith("fuse") for t in mounts_at(str(path))):
                 progress.print(f"[yellow]{path} is still mounted; detaching it lazily[/]")
-                subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+                unmount_fuse(path)
             if mounts_at(str(path)):
                 subprocess.run(["umount", "-l", str(path)], capture_output=True)
         return self.leftovers()
@@ -382,25 +375,8 @@ class Rig:
         """Loop devices and mounts of this run that still exist."""
         problems = [f"loop device {dev} ({back}) is still attached"
                     for dev, back in self.loops_of_this_run()]  # fmt: skip
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
-                if self.inside(point):
-                    problems.append(f"{point} is still mounted")
+        problems += [f"{point} is still mounted" for point in mounts_under(self.workdir)]
         return problems
-
-
-def stop(proc: subprocess.Popen[Any] | None, name: str, *, timeout: float) -> None:
-    """SIGTERM by PID and wait; SIGKILL if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        progress.print(f"[yellow]{name} (pid {proc.pid}) ignored SIGTERM; killing it[/]")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def detach_loop(dev: str) -> None:
@@ -433,9 +409,7 @@ class Targets:
 
 def set_up(rig: Rig, size: int) -> Targets:
     workdir = rig.workdir
-    sock = workdir / "array.sock"
-    if len(str(sock)) > MAX_SOCKET_PATH:
-        raise RuntimeError(f"{sock} is too long for a unix socket path: pick a shorter --dir")
+    sock = array_socket(workdir)
     (workdir / "keys").mkdir(mode=0o700)
     key_file = workdir / "keys" / f"{HOST_ID}.key"
     key_file.write_text(os.urandom(32).hex() + "\n")
@@ -452,12 +426,11 @@ def set_up(rig: Rig, size: int) -> Targets:
     progress.print("starting `blockemu serve --mount` with a hosts config ...")
     banner = rig.start_daemon(
         "serve",
-        [sys.executable, "-m", "blockemu", "serve", "--root", str(workdir / "root"),
-         "--listen", f"unix:{sock}", "--listen", "tcp:127.0.0.1:0",
-         "--mount", str(array_mount), "--hosts", str(hosts), "--log-level", "warning"],
+        serve_command(workdir, sock, "--listen", "tcp:127.0.0.1:0",
+                      "--mount", str(array_mount), "--hosts", str(hosts)),
         "listening on",
     )  # fmt: skip
-    tcp = next(a for a in banner.split("listening on ")[1].split() if a.startswith("tcp:"))
+    tcp = tcp_address(banner)
     admin = f"unix:{sock}"
     for ldev, label in ((ARRAY_LDEV, "bench-array-view"), (HOST_LDEV, "bench-host-view")):
         blockemu("vol", "create", ldev, str(size), "--label", label, "--array", admin)
@@ -483,7 +456,7 @@ def set_up(rig: Rig, size: int) -> Targets:
     return Targets(
         {"native": str(workdir / "native.img"), "array": array_loop, "host": host_loop},
         dio,
-        {name: proc.pid for name, proc in rig.daemons.items()},
+        {name: daemon.pid for name, daemon in rig.daemons.items()},
     )
 
 
@@ -502,10 +475,6 @@ def measure(rig: Rig, job: Job, target: str, path: str, size: int, runtime: floa
         raise RuntimeError(f"fio {job.name} on {path} moved {nbytes} bytes instead of {size}")
     cpu = {name: after[name] - before[name] for name in after}
     return Measurement(mib_s, iops, nbytes, seconds, lat_mean, lat_p99, cpu)
-
-
-def format_rate(value: float, unit: str) -> str:
-    return f"{value:,.1f}" if unit == "MiB/s" else f"{value:,.0f}"
 
 
 def run_all(rig: Rig, targets: Targets, size: int, runtime: float) -> list[Row]:
@@ -535,19 +504,6 @@ def run_all(rig: Rig, targets: Targets, size: int, runtime: float) -> list[Row]:
 # -- reporting ---------------------------------------------------------------------
 
 
-def filesystem_of(path: Path) -> tuple[str, str]:
-    """(type, source) of the mount holding *path*, e.g. ``("ext4", "/dev/vda")``."""
-    target = os.path.realpath(path)
-    best = ("", "unknown", "unknown")
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            source, mountpoint, fstype = line.split()[:3]
-            inside = target == mountpoint or target.startswith(mountpoint.rstrip("/") + "/")
-            if inside and len(mountpoint) >= len(best[0]):
-                best = (mountpoint, fstype, source)
-    return best[1], best[2]
-
-
 def fio_version() -> str:
     try:
         return run("fio", "--version").strip()
@@ -556,14 +512,13 @@ def fio_version() -> str:
 
 
 def machine_info(parent: str, size: int, runtime: float, targets: Targets) -> dict[str, Any]:
-    fstype, source = filesystem_of(Path(parent))
     return {
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "python": python_text(),
         "kernel": platform.release(),
         "fio": fio_version(),
         "cores": os.cpu_count(),
         "dir": parent,
-        "filesystem": f"{fstype} on {source}",
+        "filesystem": filesystem_text(parent),
         "size": size,
         "runtime": runtime,
         "loop_direct_io": targets.dio,
@@ -602,8 +557,7 @@ def ratio_cell(row: Row, name: str) -> str:
     goal = row.job.goal(name)
     if goal is None:
         return f"{value:.2f}"
-    colour = "green" if value >= goal.minimum else "red"
-    return f"[{colour}]{value:.2f}[/]"
+    return coloured(f"{value:.2f}", value >= goal.minimum)
 
 
 def goal_cell(row: Row, name: str) -> str:
@@ -615,7 +569,7 @@ def goal_cell(row: Row, name: str) -> str:
 
 
 def print_table(info: dict[str, Any], rows: list[Row], load: tuple[float, float]) -> None:
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = report_console(160)
     dio = ", ".join(
         f"{TARGET_TITLES[t]} {'on' if on else 'OFF'}" for t, on in info["loop_direct_io"].items()
     )
@@ -628,14 +582,11 @@ def print_table(info: dict[str, Any], rows: list[Row], load: tuple[float, float]
         soft_wrap=True,
     )
     table = Table()
-    table.add_column("job")
-    table.add_column("unit")
-    for target in TARGETS:
-        table.add_column(TARGET_TITLES[target], justify="right")
-    table.add_column("array/native", justify="right")
-    table.add_column("goal")
-    table.add_column("host/array", justify="right")
-    table.add_column("goal")
+    add_columns(table, "job", "unit")
+    add_columns(table, *(TARGET_TITLES[t] for t in TARGETS), "array/native", right=True)
+    add_columns(table, "goal")
+    add_columns(table, "host/array", right=True)
+    add_columns(table, "goal")
     for row in rows:
         table.add_row(
             row.job.title,
@@ -647,31 +598,10 @@ def print_table(info: dict[str, Any], rows: list[Row], load: tuple[float, float]
             goal_cell(row, "host/array"),
         )
     console.print(table)
-    for text in TARGET_TEXT.values():
-        console.print(text, highlight=False, markup=False, soft_wrap=True)
+    print_notes(console, TARGET_TEXT.values())
 
 
 # -- command line ------------------------------------------------------------------
-
-
-def size_arg(text: str) -> int:
-    try:
-        size = parse_size(text)
-    except FormatError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if size < 16 * MIB or size % MIB:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be a multiple of 1M, at least 16M")
-    return size
-
-
-def runtime_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 1:
-        raise argparse.ArgumentTypeError(f"--runtime {text!r} must be a number of seconds >= 1")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -682,20 +612,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--size",
-        type=size_arg,
+        type=size_type(16 * MIB, MIB, "a multiple of 1M, at least 16M"),
         help=f"bytes per target: native file and each volume (default {DEFAULT_SIZE}, "
         f"--quick {QUICK_SIZE})",
     )
     parser.add_argument(
         "--runtime",
-        type=runtime_arg,
+        type=number_type("--runtime", lambda v: v >= 1, "a number of seconds >= 1"),
         help=f"seconds per random job and target (default {DEFAULT_RUNTIME:g}, "
         f"--quick {QUICK_RUNTIME:g})",
     )
     parser.add_argument(
         "--dir",
-        default=DEFAULT_PARENT,
-        help=f"where to make the scratch directory; a disk filesystem (default {DEFAULT_PARENT})",
+        default=DISK_PARENT,
+        help=f"where to make the scratch directory; a disk filesystem (default {DISK_PARENT})",
     )
     parser.add_argument(
         "--quick",
@@ -708,23 +638,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.size = parse_size(QUICK_SIZE if args.quick else DEFAULT_SIZE)
     if args.runtime is None:
         args.runtime = QUICK_RUNTIME if args.quick else DEFAULT_RUNTIME
-    if not os.path.isdir(args.dir):
-        parser.error(f"--dir {args.dir!r} is not a directory")
+    check_dir(parser, args.dir)
     args.dir = os.path.realpath(args.dir)
-    fstype, _ = filesystem_of(Path(args.dir))
-    if fstype in MEMORY_FILESYSTEMS:
-        parser.error(
-            f"--dir {args.dir!r} is on {fstype}, in RAM: the native baseline needs O_DIRECT "
-            "on a disk filesystem; give a directory on one"
-        )
-    stats = os.statvfs(args.dir)
-    free = stats.f_bavail * stats.f_frsize
+    refuse_memory_filesystem(
+        parser,
+        args.dir,
+        "the native baseline needs O_DIRECT on a disk filesystem; give a directory on one",
+    )
     needed = 3 * args.size + 256 * MIB
-    if free < needed:
-        parser.error(
-            f"--dir {args.dir!r} has {format_size(free)} free; this run needs about "
-            f"{format_size(needed)} (the native file and two volumes of --size)"
-        )
+    what = " (the native file and two volumes of --size)"
+    require_free_space(parser, args.dir, needed, format_size, what)
     return args
 
 
@@ -746,25 +669,14 @@ def check_privileges() -> None:
         )
 
 
-def show_daemon_logs(rig: Rig) -> None:
-    """What the daemons logged (warnings and up), and unclean exits."""
-    for name, proc in rig.daemons.items():
-        log = rig.workdir / f"{name}.log"
-        text = log.read_text(errors="replace").strip() if log.exists() else ""
-        if text:
-            progress.print(f"[yellow]blockemu {name} log:[/]")
-            progress.print(text, markup=False)
-        if proc.returncode not in (None, 0, -signal.SIGTERM):
-            progress.print(f"[yellow]blockemu {name} exited with status {proc.returncode}[/]")
-
-
 def finish(rig: Rig) -> list[str]:
     """Undo everything, immune to a second Ctrl-C; remove the scratch directory if clean."""
     handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         progress.print("cleaning up: fio, loop devices, attach, serve, mounts ...")
         problems = rig.cleanup()
-        show_daemon_logs(rig)
+        for daemon in rig.daemons.values():
+            daemon.report()  # what it logged (warnings and up), an unclean exit
         if problems:
             progress.print(f"[red]left behind, scratch directory {rig.workdir} kept:[/]")
             for problem in problems:
@@ -781,44 +693,32 @@ def finish(rig: Rig) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_privileges()
-    signal.signal(signal.SIGTERM, on_sigterm)
+    handle_sigterm()
     rig = Rig(Path(tempfile.mkdtemp(prefix="be-fuse-", dir=args.dir)))
     try:
-        fstype, source = filesystem_of(rig.workdir)
-        progress.print(f"scratch directory {rig.workdir} ({fstype} on {source})")
+        progress.print(f"scratch directory {rig.workdir} ({filesystem_text(rig.workdir)})")
         targets = set_up(rig, args.size)
         info = machine_info(args.dir, args.size, args.runtime, targets)
         info["daemon_pids"] = targets.pids
-        load_before = os.getloadavg()[0]
+        load_before = load_average()
         rows = run_all(rig, targets, args.size, args.runtime)
-        load = (load_before, os.getloadavg()[0])
+        load = (load_before, load_average())
     finally:
         problems = finish(rig)
     if args.json:
         info["load"] = [round(x, 2) for x in load]
         info["jobs"] = [row_json(row) for row in rows]
         info["leftovers"] = problems
-        json.dump(info, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(info)
     else:
         print_table(info, rows, load)
     return 1 if problems else 0
 
 
-def stopped(exc: BaseException) -> bool:
-    """Ctrl-C or SIGTERM."""
-    return isinstance(exc, KeyboardInterrupt | Terminated)
-
-
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        run_main(main, "stopped; everything this run started was undone (see above)")
     except RuntimeError as exc:  # a step failed: the message says which and why
         progress.print("[red]bench/fuse_io.py failed:[/]", end=" ")
         progress.print(str(exc), markup=False)
         sys.exit(1)
-    except BaseException as exc:
-        if not stopped(exc):
-            raise
-        progress.print("stopped; everything this run started was undone (see above)")
-        sys.exit(130)

@@ -57,25 +57,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import random
 import re
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import trio
-from rich.console import Console
 from rich.table import Table
 
 from blockemu.address import parse_address
@@ -84,10 +77,31 @@ from blockemu.store import volume_filename
 from formats.units import format_ldev
 from formats.wire import Op
 
-KIB = 1 << 10
-MIB = 1 << 20
-GIB = 1 << 30
-TIB = 1 << 40
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py: see there
+from common import (
+    DISK_PARENT,
+    GIB,
+    KIB,
+    MIB,
+    TIB,
+    Server,
+    add_columns,
+    array_server,
+    check_dir,
+    filesystem_text,
+    load_average,
+    load_text,
+    machine_text,
+    print_notes,
+    progress,
+    refuse_memory_filesystem,
+    report_console,
+    require_free_space,
+    run_main,
+    scratch_dir,
+    watch_sigterm,
+)
+
 EXTENT = 4 * MIB  # initial copy: the data is written in extents of this size
 SEQ_BLOCK = 1 * MIB
 SMALL_WRITE = 4 * KIB
@@ -101,15 +115,8 @@ SPLITS = 5
 RESYNCS = 3
 SEED = 20240612
 FIRST_LDEV = 0x0100
-DEFAULT_PARENT = "/var/tmp"
-#: Filesystems that live in RAM: fdatasync and cache drops mean nothing there.
-MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
-SERVER_START_TIMEOUT = 15.0
-SERVER_STOP_TIMEOUT = 10.0
 PAIR_TIMEOUT = 1800.0
-MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes including the trailing NUL
 
-progress = Console(stderr=True, highlight=False)
 T = TypeVar("T")
 
 
@@ -277,118 +284,16 @@ def timed_cp(source: Path, target: Path) -> float:
     return time.perf_counter() - start
 
 
-# -- the array server process and the scratch directory ------------------------
+# -- the array server ------------------------------------------------------------
 
 
-def filesystem_of(path: Path) -> tuple[str, str]:
-    """(type, source) of the mount holding *path*, e.g. ``("ext4", "/dev/vda")``."""
-    target = os.path.realpath(path)
-    best = ("", "unknown", "unknown")
-    try:
-        with open("/proc/self/mounts") as mounts:
-            for line in mounts:
-                source, mountpoint, fstype = line.split()[:3]
-                inside = target == mountpoint or target.startswith(mountpoint.rstrip("/") + "/")
-                if inside and len(mountpoint) >= len(best[0]):
-                    best = (mountpoint, fstype, source)
-    except OSError:
-        pass
-    return best[1], best[2]
-
-
-@contextmanager
-def scratch_dir(parent: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="blockemu-repl-", dir=parent))
-    try:
-        yield path
-    finally:
-        progress.print(f"removing {path}")
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def accepts_connections(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM by PID, as `blockemu serve` expects; SIGKILL if it does not stop in time."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=SERVER_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        progress.print(f"[yellow]array server (pid {proc.pid}) ignored SIGTERM; killing it[/]")
-        proc.kill()
-        proc.wait()
-
-
-def copy_engine_of(proc: subprocess.Popen[bytes], out: Path) -> str:
-    """The engine named in the server's first stdout line ("... copy engine sparse, ...")."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline and proc.poll() is None:
-        first = out.read_text(errors="replace").partition("\n")[0]
-        match = re.search(r"copy engine (\w+)", first)
-        if match:
-            return match.group(1)
-        time.sleep(0.05)
-    return "unknown"
-
-
-@dataclass(frozen=True)
-class Server:
-    address: str
-    root: Path
-    pid: int
-    engine: str
-
-    def volume_path(self, ldev: int) -> Path:
-        return self.root / "volumes" / volume_filename(ldev)
-
-
-@contextmanager
-def array_server(workdir: Path) -> Iterator[Server]:
-    """Run `blockemu serve` on WORKDIR/root; stopped (and its log shown) on exit."""
-    sock = workdir / "array.sock"
-    if len(str(sock)) > MAX_SOCKET_PATH:
-        raise RuntimeError(f"{sock} is too long for a unix socket path: pick a shorter --dir")
-    root = workdir / "root"
-    out, log = workdir / "server.out", workdir / "server.log"
-    command = [sys.executable, "-m", "blockemu", "serve", "--root", str(root)]
-    command += ["--listen", f"unix:{sock}", "--log-level", "warning"]
-    with out.open("wb") as out_file, log.open("wb") as log_file:
-        # A session of its own: Ctrl-C reaches only this script, which then
-        # stops the server with SIGTERM.
-        proc = subprocess.Popen(command, stdout=out_file, stderr=log_file, start_new_session=True)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while not accepts_connections(sock):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the array server exited with status {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the array server did not listen on {sock} in time")
-            time.sleep(0.05)
-        yield Server(f"unix:{sock}", root, proc.pid, copy_engine_of(proc, out))
-    finally:
-        stop_server(proc)
-        text = log.read_text(errors="replace").strip() if log.exists() else ""
-        if text:
-            progress.print("[yellow]array server log:[/]")
-            progress.print(text, markup=False)
-        if proc.returncode not in (0, -signal.SIGTERM):
-            progress.print(f"[yellow]array server exited with status {proc.returncode}[/]")
+def copy_engine(server: Server) -> str:
+    """The engine named in the server's first line ("... copy engine sparse, ...")."""
+    match = re.search(r"copy engine (\w+)", server.banner)
+    return match.group(1) if match else "unknown"
 
 
 # -- talking to the array ------------------------------------------------------
-
-
-class Terminated(Exception):
-    """SIGTERM reached this script."""
 
 
 @dataclass
@@ -402,6 +307,9 @@ class Bench:
     async def volume(self, size: int, label: str) -> tuple[int, bytes]:
         header = await self.client.create(next(self.ldevs), size, label=label)
         return header.ldev, header.pvid
+
+    def volume_path(self, ldev: int) -> Path:
+        return self.server.root / "volumes" / volume_filename(ldev)
 
     async def pair_status(self, pvol: int) -> dict[str, object]:
         return (await self.client.pair_display({"pvol": format_ldev(pvol)}))[0]
@@ -466,7 +374,7 @@ async def bench_initial_copy(b: Bench) -> CopyResult:
         await b.client.write(pvol, pvid, slot * EXTENT, data)
     await b.client.flush(pvol, pvid)
     result.write_seconds = time.perf_counter() - start
-    source = b.server.volume_path(pvol)
+    source = b.volume_path(pvol)
     result.source_allocated = allocated(source)
     progress.print(f"    data written and flushed in {result.write_seconds:.2f} s")
     await b.in_thread(lambda: read_data_once(source))
@@ -474,7 +382,7 @@ async def bench_initial_copy(b: Bench) -> CopyResult:
 
     async def array_side(round_: int) -> None:
         svol, _ = await b.volume(cfg.copy_size, f"copy-s{round_}")
-        target = b.server.volume_path(svol)
+        target = b.volume_path(svol)
 
         def drop_both() -> None:
             warm_up_memory(b.workdir, 2 * cfg.copy_data)
@@ -722,12 +630,6 @@ async def bench_writes(b: Bench, results: Results) -> None:
 # -- running it all -----------------------------------------------------------------
 
 
-async def watch_sigterm() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            raise Terminated("terminated by SIGTERM")
-
-
 async def run_all(server: Server, cfg: Config, workdir: Path) -> Results:
     results = Results()
     async with trio.open_nursery() as nursery:
@@ -922,21 +824,18 @@ def qd1_rows(res: Results) -> list[Row]:
 
 
 def print_report(
-    cfg: Config, server: Server, fs: str, workdir: Path, res: Results, load: tuple[float, float]
+    cfg: Config, engine: str, fs: str, workdir: Path, res: Results, load: tuple[float, float]
 ) -> None:
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = report_console(160)
     console.print(
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} cores, load average {load[0]:.1f} at the start and "
-        f"{load[1]:.1f} at the end; array root in {workdir.parent} ({fs}); "
-        f"copy engine [bold]{server.engine}[/]",
+        f"{machine_text()}, {load_text(*load)}; array root in {workdir.parent} ({fs}); "
+        f"copy engine [bold]{engine}[/]",
         highlight=False,
     )
     table = Table(show_lines=False)
     table.add_column("measurement", ratio=1)
-    for name in ("blockemu", "reference", "ratio"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("goal", no_wrap=True)
+    add_columns(table, "blockemu", "reference", "ratio", right=True, no_wrap=True)
+    add_columns(table, "goal", no_wrap=True)
     sections = [
         copy_rows(cfg, res.copy),
         size_rows(res.sizes),
@@ -951,12 +850,13 @@ def print_report(
         if number < len(sections):
             table.add_section()
     console.print(table)
-    console.print(
-        "ratio: cp/array and mirrored/SMPL are above 1 when blockemu is faster; size ratios are "
-        "1 when the time does not grow with the volume. Nothing is asserted; on small machines "
-        "figures vary by 10-50% from run to run.",
-        highlight=False,
-        soft_wrap=True,
+    print_notes(
+        console,
+        [
+            "ratio: cp/array and mirrored/SMPL are above 1 when blockemu is faster; size ratios "
+            "are 1 when the time does not grow with the volume. Nothing is asserted; on small "
+            "machines figures vary by 10-50% from run to run."
+        ],
     )
 
 
@@ -971,59 +871,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dir",
-        default=DEFAULT_PARENT,
-        help=f"where to make the scratch directory; a disk filesystem (default {DEFAULT_PARENT})",
+        default=DISK_PARENT,
+        help=f"where to make the scratch directory; a disk filesystem (default {DISK_PARENT})",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smaller sizes, well under a minute in all"
     )
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.dir):
-        parser.error(f"--dir {args.dir!r} is not a directory")
-    fstype, _ = filesystem_of(Path(args.dir))
-    if fstype in MEMORY_FILESYSTEMS:
-        parser.error(
-            f"--dir {args.dir!r} is on {fstype}, in RAM: cache drops and fdatasync mean "
-            "nothing there; give a directory on a disk filesystem"
-        )
+    check_dir(parser, args.dir)
+    refuse_memory_filesystem(
+        parser,
+        args.dir,
+        "cache drops and fdatasync mean nothing there; give a directory on a disk filesystem",
+    )
     cfg = QUICK if args.quick else FULL
-    stats = os.statvfs(args.dir)
-    free = stats.f_bavail * stats.f_frsize
-    if free < cfg.space_needed():
-        parser.error(
-            f"--dir {args.dir!r} has {human(free)} free; this run needs about "
-            f"{human(cfg.space_needed())}"
-        )
+    require_free_space(parser, args.dir, cfg.space_needed(), human)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = QUICK if args.quick else FULL
-    fstype, source = filesystem_of(Path(args.dir))
-    fs = f"{fstype} on {source}"
-    with scratch_dir(args.dir) as workdir:
+    fs = filesystem_text(args.dir)
+    with scratch_dir(args.dir, "blockemu-repl-") as workdir:
         progress.print(f"scratch directory {workdir}: filesystem {fs}")
         with array_server(workdir) as server:
-            progress.print(f"array server pid {server.pid}, copy engine {server.engine}")
-            load_before = os.getloadavg()[0]
+            engine = copy_engine(server)
+            progress.print(f"array server pid {server.daemon.pid}, copy engine {engine}")
+            load_before = load_average()
             results = trio.run(run_all, server, cfg, workdir)
-            load = (load_before, os.getloadavg()[0])
-    print_report(cfg, server, fs, workdir, results, load)
-
-
-def stopped(exc: BaseException) -> bool:
-    """Ctrl-C or SIGTERM, possibly wrapped in the exception group of a trio nursery."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup((KeyboardInterrupt, Terminated)) is not None
-    return isinstance(exc, KeyboardInterrupt | Terminated)
+            load = (load_before, load_average())
+    print_report(cfg, engine, fs, workdir, results, load)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException as exc:
-        if not stopped(exc):
-            raise
-        progress.print("stopped; the array server was stopped and the scratch directory removed")
-        sys.exit(130)
+    run_main(main, "stopped; the array server was stopped and the scratch directory removed")
