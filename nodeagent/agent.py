@@ -85,9 +85,10 @@ class Agent:
             epoch=self.state.epoch,
             started_at=time.monotonic(),
         )
-        self.protected = sorted(
-            {ldev for r in config.replicas for p in r.pairs for ldev in (p.pvol_ldev, p.svol_ldev)}
-        )
+        pairs = [p for r in config.replicas for p in r.pairs]
+        self.protected = sorted({x for p in pairs for x in (p.pvol_ldev, p.svol_ldev)})
+        #: The application's volumes: losing one of these reservations means we are fenced.
+        self.pvols = {p.pvol_ldev for p in pairs}
         key = read_key_file(config.array.key_file) if config.array.key_file else None
         self.array = ArrayConnection(
             parse_address(config.array.address), host=config.array.host_id, key=key
@@ -284,8 +285,11 @@ class Agent:
         for ldev in self.protected:
             try:
                 await self._array_call("reserve", ldev, lambda c, x=ldev: c.reserve(x))
-            except ReservationConflict:
-                await self._leave(f"reservation on LDEV {format_ldev(ldev)} was preempted")
+            except ReservationConflict as exc:
+                if ldev in self.pvols:
+                    await self._leave(f"reservation on LDEV {format_ldev(ldev)} was preempted")
+                # An S-VOL's control right may be lent out (a standby reflecting it).
+                log.info("S-VOL %s held by another host: %s", format_ldev(ldev), exc)
             except (ArrayError, ArrayUnavailable) as exc:
                 log.warning("cannot renew LDEV %s: %s", format_ldev(ldev), exc)
 
