@@ -134,6 +134,7 @@ class Array:
             claimed.add(svol.ldev)
             self._align_svol(pvol, svol)
             pair = self._register(pvol, svol)
+            pair.recover()  # finish a resync, restore or suspend cut short by a crash
             if pair.mode is MirrorMode.ASYNC and pair.status is PairStatus.PAIR:
                 redone = pair.redo_journal_on_pvol()
                 if redone:

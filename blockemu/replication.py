@@ -287,17 +287,15 @@ class Pair:
         self.wake()
 
     def resync(self) -> None:
-        if self.status is PairStatus.PSUE:
+        # Commit first, then turn the differences into copy work (recover, which start-up
+        # repeats). Bits first would let a crash leave a PSUS/PSUE pair with pending
+        # tracks, which the copier and copy-on-write copy over the S-VOL hosts still use.
+        full = self.status is PairStatus.PSUE
+        self.set_status(PairStatus.COPY if full else PairStatus.COPY_RS)
+        if full:
             self.pending.mark_all()
-            status = PairStatus.COPY
-        else:
-            self.pending.merge_from(self.pdiff)
-            self.pending.merge_from(self.sdiff)
-            status = PairStatus.COPY_RS
-        self.pdiff.clear_all()
-        self.sdiff.clear_all()
         self._cursor = 0
-        self.set_status(status)
+        self.recover()
         self.wake()
 
     def restore(self) -> None:
@@ -306,19 +304,35 @@ class Pair:
                 f"pair {self.name}: the split copy is still at {self.copy_percent()} %; "
                 "wait until it reaches 100 % (blockemu pair wait), then restore"
             )
-        self.pending.merge_from(self.pdiff)
-        self.pending.merge_from(self.sdiff)
-        self.pdiff.clear_all()
-        self.sdiff.clear_all()
+        self.set_status(PairStatus.COPY_RS_R)  # commit first, as resync does
         self._cursor = 0
-        self.set_status(PairStatus.COPY_RS_R)
+        self.recover()
         self.wake()
 
     def suspend(self) -> None:
-        self.journal.reset()
-        self.pending.clear_all()
         self.pdiff.mark_all()  # nothing can be trusted: the next resync copies everything
-        self.set_status(PairStatus.PSUE)
+        self.set_status(PairStatus.PSUE)  # then commit, then drop the copy work (recover)
+        self.recover()
+
+    def recover(self) -> None:
+        """Bring the bitmaps and the journal in line with the committed status (idempotent).
+
+        Resync, restore and suspend commit the P-VOL header before they touch
+        the bits, and the array calls this at start-up, so what a crash cut
+        short in between is finished here: in COPY, COPY_RS and COPY_RS_R the
+        differences are copy work (PSUE's pdiff is all set: a full copy); in
+        PSUE nothing is copied and the journal is void.
+        """
+        status = self.status
+        if status in (PairStatus.COPY, PairStatus.COPY_RS, PairStatus.COPY_RS_R):
+            self.pending.merge_from(self.pdiff)
+            self.pending.merge_from(self.sdiff)
+            self.pdiff.clear_all()
+            self.sdiff.clear_all()
+        elif status is PairStatus.PSUE:
+            self.pending.clear_all()
+            if self.journal.lag_records:
+                self.journal.reset()
 
     def dissolve(self) -> None:
         """Delete the pair: both volumes SMPL, the S-VOL visible with its own PVID."""

@@ -1,26 +1,43 @@
-"""Pairs across crashes: real `blockemu serve` processes killed with SIGKILL mid-copy.
+"""Pairs across crashes.
 
-Each test writes through the client, keeps what the array acknowledged (and the
-one write per writer still in flight when the array died, which may land or
-not, 4 KiB page by page), kills the array at a chosen moment, starts it again
-on the same root and checks that the pair comes back in a state that makes
-sense, finishes its copy, and that both volumes then hold exactly what hosts
-were told they hold.
+The first tests run real `blockemu serve` processes and SIGKILL them mid-copy.
+Each writes through the client, keeps what the array acknowledged (and the one
+write per writer still in flight when the array died, which may land or not,
+4 KiB page by page), kills the array at a chosen moment, starts it again on the
+same root and checks that the pair comes back in a state that makes sense,
+finishes its copy, and that both volumes then hold exactly what hosts were told
+they hold.
+
+The last test is the same idea made exhaustive for the pair commands, in this
+process: a command is cut short before each step that persists pair state (a
+header write, a bitmap or journal change), the array is opened again on what is
+on disk, and the pair must be either as before the command or as after it --
+with no volume content that hosts could see changed by a command that did not
+happen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import pytest
 import trio
 
+from blockemu.array import Array
+from blockemu.bitmap import TrackBitmap
 from blockemu.client import ArrayClient, ConnectionLost, open_client
-from blockemu.store import volume_filename
+from blockemu.journal import Journal
+from blockemu.pairstate import Command
+from blockemu.replication import Pair
+from blockemu.store import Volume, volume_filename
 from formats.units import format_ldev
-from formats.volume_header import DATA_OFFSET
+from formats.volume_header import DATA_OFFSET, MirrorMode, PairStatus
 from formats.wire import Op
 
 from .conftest import ArrayProcess
@@ -46,7 +63,9 @@ class Shadow:
         other.acked = dict(self.acked)
         return other
 
-    async def write(self, client: ArrayClient, ldev: int, pvid: bytes, off: int, data: bytes):  # type: ignore[no-untyped-def]
+    async def write(
+        self, client: ArrayClient, ldev: int, pvid: bytes, off: int, data: bytes
+    ) -> None:
         """Write whole blocks at *off*; they count as acknowledged once the call returns."""
         blocks = range(off, off + len(data), BLOCK)
         for b in blocks:
@@ -62,10 +81,10 @@ class Shadow:
             self.acked[off] = content[off : off + BLOCK]
         self.inflight.clear()
 
-    def check(self, content: bytes, start: int = 0) -> None:
-        """*content* (the volume from *start*) is what was acknowledged, in-flight pages aside."""
-        for off in range(start, start + len(content), BLOCK):
-            got = content[off - start : off - start + BLOCK]
+    def check(self, content: bytes) -> None:
+        """*content* (the whole volume) is what was acknowledged, in-flight pages aside."""
+        for off in range(0, len(content), BLOCK):
+            got = content[off : off + BLOCK]
             if off in self.inflight:
                 old, new = self.inflight[off]
                 for p in range(0, BLOCK, PAGE):
@@ -321,3 +340,212 @@ async def test_sigkill_right_after_a_steady_split(array: ArrayProcess) -> None:
         shadow.check(await client.read(P, pvid, 0, size))
 
     await restarted(array, check)
+
+
+# -- commands cut short at every step ----------------------------------------------
+
+
+class Crash(BaseException):
+    """The array dies here: nothing after this point of the command happens."""
+
+
+#: The operations that persist pair state; a crash can fall between any two of them.
+PERSISTING = [
+    (Volume, "update_header"),
+    *[
+        (TrackBitmap, name)
+        for name in ("mark", "mark_all", "clear", "clear_range", "clear_all", "merge_from")
+    ],
+    (Journal, "reset"),
+    (Journal, "mark_applied"),
+]
+
+
+@contextlib.contextmanager
+def crash_before(step: int | None) -> Iterator[list[int]]:
+    """Count persisting operations; raise :class:`Crash` instead of doing number *step*."""
+    done = [0]
+
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        def persisting(*args: Any, **kwargs: Any) -> Any:
+            if done[0] == step:
+                raise Crash
+            done[0] += 1
+            return original(*args, **kwargs)
+
+        return persisting
+
+    with contextlib.ExitStack() as stack:
+        for cls, name in PERSISTING:
+            if hasattr(cls, name):
+                stack.enter_context(mock.patch.object(cls, name, wrap(getattr(cls, name))))
+        yield done
+
+
+SMALL = 4 * MiB  # 16 tracks
+CP, CS = 0x50, 0x51
+
+
+def put(array: Array, ldev: int, track: int, fill: bytes, length: int = TRACK // 2) -> None:
+    array.write("", ldev, array.store.get(ldev).header.pvid, track * TRACK + 4096, fill * length)
+
+
+def wrote(array: Array, ldev: int, view: bytes) -> bytes:
+    """A small host write in track 7 (where the S-VOL may differ); returns *view* with it."""
+    offset, data = 7 * TRACK + 12345, os.urandom(1000)
+    array.write("", ldev, array.store.get(ldev).header.pvid, offset, data)
+    return view[:offset] + data + view[offset + len(data) :]
+
+
+def host_view(array: Array, pair: Pair, ldev: int) -> bytes:
+    """What a host reading *ldev* would get, without the reads' copy-on-read side effect."""
+    vol = array.store.get(ldev)
+    source, target = pair.source_target()
+    data = bytearray(vol.pread(0, SMALL))
+    if vol is target and pair.status in (
+        PairStatus.COPY_SP, PairStatus.PSUS, PairStatus.COPY_RS_R
+    ):  # fmt: skip
+        for t in pair.pending.iter_set(0):
+            data[t * TRACK : (t + 1) * TRACK] = source.pread(t * TRACK, TRACK)
+    return bytes(data)
+
+
+def formed(array: Array, mode: MirrorMode) -> Pair:
+    array.store.create(CP, SMALL)
+    array.store.create(CS, SMALL)
+    for t in range(4):
+        put(array, CP, t, b"a")
+    pair = array.pair_create(CP, CS, mode=mode)
+    pair.drain()
+    return pair
+
+
+def split_and_changed(array: Array, mode: MirrorMode = MirrorMode.SYNC) -> Pair:
+    """PSUS at 100 %, then different writes on each side."""
+    pair = formed(array, mode)
+    array.pair_command(Command.SPLIT, [pair])
+    pair.drain()
+    put(array, CP, 1, b"p")
+    put(array, CP, 5, b"p")
+    put(array, CS, 9, b"s")
+    put(array, CS, 1, b"s", 1000)
+    return pair
+
+
+def suspended_and_changed(array: Array) -> Pair:
+    pair = formed(array, MirrorMode.SYNC)
+    array.pair_command(Command.SUSPEND, [pair])
+    put(array, CP, 2, b"p")
+    put(array, CS, 7, b"s")
+    return pair
+
+
+def copying(array: Array) -> Pair:
+    array.store.create(CP, SMALL)
+    array.store.create(CS, SMALL)
+    for t in range(0, 16, 3):
+        put(array, CP, t, b"a")
+    return array.pair_create(CP, CS)  # COPY, nothing copied yet
+
+
+def async_lagging(array: Array) -> Pair:
+    pair = formed(array, MirrorMode.ASYNC)
+    put(array, CP, 2, b"j")
+    put(array, CP, 11, b"j")
+    assert pair.journal.lag_records == 2
+    return pair
+
+
+def deferred_pending(array: Array) -> Pair:
+    pair = formed(array, MirrorMode.DEFERRED)
+    put(array, CP, 2, b"d")
+    put(array, CP, 12, b"d")
+    assert pair.pending.count() == 2
+    return pair
+
+
+def quick_split_copying(array: Array) -> Pair:
+    pair = deferred_pending(array)
+    array.pair_command(Command.SPLIT, [pair], quick=True)
+    put(array, CP, 12, b"after")
+    assert pair.status is PairStatus.PSUS and pair.pending.count() == 1
+    return pair
+
+
+SCENARIOS: dict[str, tuple[Callable[[Array], Pair], Command, bool]] = {
+    "restore": (split_and_changed, Command.RESTORE, False),
+    "resync from PSUS": (split_and_changed, Command.RESYNC, False),
+    "resync from PSUE": (suspended_and_changed, Command.RESYNC, False),
+    "suspend in COPY": (copying, Command.SUSPEND, False),
+    "suspend with a journal lag": (async_lagging, Command.SUSPEND, False),
+    "suspend of a quick split still copying": (quick_split_copying, Command.SUSPEND, False),
+    "steady split with a journal lag": (async_lagging, Command.SPLIT, False),
+    "quick split with pending tracks": (deferred_pending, Command.SPLIT, True),
+    "delete in PSUS": (split_and_changed, Command.DELETE, False),
+}
+
+
+def run_cut_short(root: Path, scenario: str, step: int | None) -> int:
+    """Build *scenario*, run its command crashing before *step*, reopen, check; steps run."""
+    build, command, quick = SCENARIOS[scenario]
+    array = Array.open(root)
+    try:
+        pair = build(array)
+        before = pair.status
+        p_view, s_view = host_view(array, pair, CP), host_view(array, pair, CS)
+        s_visible = before in (PairStatus.PSUS, PairStatus.PSUE)
+        with crash_before(step) as done, contextlib.suppress(Crash):
+            array.pair_command(command, [pair], quick=quick)
+    finally:
+        array.close()  # what a SIGKILL leaves: files, mapped bitmaps and all
+    array = Array.open(root)
+    try:
+        reopened = array.pairs.get(CP)
+        after = PairStatus.SMPL if reopened is None else reopened.status
+        where = f"{scenario}, crash before step {step}: {before.name} -> {after.name}"
+        if reopened is None:  # deleted: both volumes keep what hosts saw
+            assert command is Command.DELETE, where
+            assert array.store.get(CP).pread(0, SMALL) == p_view, where
+            assert array.store.get(CS).pread(0, SMALL) == s_view, where
+            return done[0]
+        pair = reopened
+        if after is before:  # the command did not happen: nothing a host sees changed
+            for _ in range(2):  # just reopened, then after host writes and the copier ran
+                assert host_view(array, pair, CP) == p_view, where
+                if s_visible:
+                    assert host_view(array, pair, CS) == s_view, where
+                p_view = wrote(array, CP, p_view)
+                if s_visible:
+                    s_view = wrote(array, CS, s_view)
+                pair.drain()
+            if pair.status is PairStatus.PAIR:
+                assert array.store.get(CS).pread(0, SMALL) == p_view, where
+            return done[0]
+        # The command happened: hosts see its outcome at once, and it finishes as if
+        # there had been no crash.
+        assert command is not Command.DELETE, where
+        p_wanted = s_view if command is Command.RESTORE else p_view
+        assert host_view(array, pair, CP) == p_wanted, where
+        if command is Command.SPLIT:
+            assert host_view(array, pair, CS) == p_view, where
+        pair.drain()
+        if command is Command.SUSPEND:
+            assert pair.status is PairStatus.PSUE, where
+            array.pair_command(Command.RESYNC, [pair])
+            pair.drain()
+        raw_p, raw_s = (array.store.get(ldev).pread(0, SMALL) for ldev in (CP, CS))
+        if command is Command.SPLIT:
+            assert pair.status is PairStatus.PSUS and raw_s == p_view, where
+        else:
+            assert pair.status is PairStatus.PAIR and raw_p == raw_s == p_wanted, where
+        return done[0]
+    finally:
+        array.close()
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_a_command_cut_short_is_all_or_nothing(tmp_path: Path, scenario: str) -> None:
+    steps = run_cut_short(tmp_path / "whole", scenario, None)
+    assert steps > 0
+    for step in range(steps):
+        run_cut_short(tmp_path / f"cut-{step}", scenario, step)
