@@ -380,9 +380,18 @@ class Array:
         return self.pairs[pvol_ldev]
 
     def select(
-        self, *, pvol: int | None = None, svol: int | None = None, group: int | None = None
+        self,
+        *,
+        pvol: int | None = None,
+        svol: int | None = None,
+        group: int | None = None,
+        command: Command | None = None,
     ) -> list[Pair]:
-        """The pairs a command names: by either volume, or a whole consistency group."""
+        """The pairs a command names: by either volume, or a whole consistency group.
+
+        A simplex volume names no pair: what that means for *command* is the
+        state table's SMPL row (delete: nothing to do; the others: refused).
+        """
         if group is not None:
             found = [p for p in self.pairs.values() if p.group == group]
             if not found:
@@ -393,12 +402,17 @@ class Array:
             return sorted(self.pairs.values(), key=lambda p: p.pvol.ldev)
         self.store.get(ldev)
         pair = self._pair_of.get(ldev)
-        if pair is None:
-            raise CommandRejected(
-                f"LDEV {format_ldev(ldev)} is SMPL (not in a pair); form a pair first "
-                "(blockemu pair create)"
-            )
-        return [pair]
+        if pair is not None:
+            return [pair]
+        decision = decide(PairStatus.SMPL, command) if command is not None else None
+        if decision is not None and decision.outcome is Outcome.NOTHING:
+            return []
+        reason = (
+            decision.reason
+            if decision is not None
+            else "the volume is SMPL (not in a pair); form a pair first (blockemu pair create)"
+        )
+        raise CommandRejected(f"LDEV {format_ldev(ldev)}: {reason}")
 
     def pair_command(self, command: Command, pairs: list[Pair], *, quick: bool = False) -> None:
         """Run *command* on *pairs* all at one instant, or on none of them.

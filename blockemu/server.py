@@ -155,7 +155,9 @@ class ArrayServer:
             raise BadRequest("management request body must be a JSON object")
         return value
 
-    def _select(self, conn: Connection, args: dict[str, Any]) -> list[Pair]:
+    def _select(
+        self, conn: Connection, args: dict[str, Any], command: Command | None = None
+    ) -> list[Pair]:
         """The pairs a request names; an authenticated host only gets its own."""
         try:
             pvol = None if args.get("pvol") is None else parse_ldev(str(args["pvol"]))
@@ -165,7 +167,7 @@ class ArrayServer:
             raise BadRequest(f"bad pair selector: {exc}") from None
         entry = conn.entry
         if entry is None:
-            return self.array.select(pvol=pvol, svol=svol, group=group)
+            return self.array.select(pvol=pvol, svol=svol, group=group, command=command)
         own = [p for p in self.array.pairs.values() if {p.pvol.ldev, p.svol.ldev} <= entry.ldevs]
         if pvol is None and svol is None and group is None:
             return sorted(own, key=lambda p: p.pvol.ldev)
@@ -175,7 +177,7 @@ class ArrayServer:
                     f"LDEV {format_ldev(ldev)} is masked from host {entry.name!r}: it is not in "
                     "the host's group"
                 )
-        pairs = self.array.select(pvol=pvol, svol=svol, group=group)
+        pairs = self.array.select(pvol=pvol, svol=svol, group=group, command=command)
         if any(p not in own for p in pairs):
             raise VolumeMasked(
                 f"a pair of that selection has a volume outside host {entry.name!r}'s group"
@@ -348,7 +350,7 @@ class ArrayServer:
 
     def _pair_command(self, command: Command, conn: Connection, frame: Frame) -> bytes:
         args = self._args(frame)
-        pairs = self._select(conn, args)
+        pairs = self._select(conn, args, command)
         self.array.pair_command(command, pairs, quick=bool(args.get("quick", False)))
         return self._pairs_answer([p for p in pairs if not p.closed])
 

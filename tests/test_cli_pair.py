@@ -79,3 +79,11 @@ def test_hidden_svol_and_reservations_from_the_shell(array: ArrayProcess) -> Non
     assert proc.returncode == 12
     proc = run("blockemu", "vol", "reserve", "00:01", array=array)
     assert proc.returncode == 12 and "need a host id" in proc.stderr
+
+
+def test_deleting_a_simplex_volumes_pair_is_nothing_to_do(array: ArrayProcess) -> None:
+    assert run("blockemu", "vol", "create", "00:50", "1M", array=array).returncode == 0
+    proc = run("blockemu", "pair", "delete", "--pvol", "00:50", array=array)
+    assert proc.returncode == 0, proc.stderr  # the table's SMPL row: delete is "ok"
+    proc = run("blockemu", "pair", "resync", "--pvol", "00:50", array=array)
+    assert proc.returncode == 10 and "cannot resync" in proc.stderr
