@@ -19,10 +19,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from blockemu.address import Address, parse_address
 
 REQUIRE_PRIVILEGED = os.environ.get("BLOCKEMU_REQUIRE_PRIVILEGED") == "1"
+
+# CI explores the same examples every run (a red run must be reproducible); a
+# developer's runs keep exploring new ones. Failures print the reproducing blob.
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if REQUIRE_PRIVILEGED else "dev")
 
 
 def require_privileged(what: str) -> None:
