@@ -64,6 +64,8 @@ from formats.bitmap_file import (
 from formats.errors import FormatError
 from formats.units import format_ldev
 
+from .fileio import fsync_dir
+
 #: Bytes of volume per bit: 256 KiB, the OPEN-V track size of Hitachi arrays.
 #: The bitmap of a 1 TiB volume is then 4 Mi bits = 512 KiB, small enough to
 #: map whole, count and scan in milliseconds, while a resync copies at most
@@ -83,14 +85,6 @@ _ONES = b"\xff" * _CHUNK
 _BIT_POSITIONS: tuple[tuple[int, ...], ...] = tuple(
     tuple(k for k in range(8) if value >> k & 1) for value in range(256)
 )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _allocate(fd: int, path: Path, length: int) -> None:
@@ -248,7 +242,7 @@ class TrackBitmap:
             raise
         os.close(fd)
         os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def _clear_spare_bits(self) -> None:
         """Zero the bits past the last track, so count and iteration never see them."""

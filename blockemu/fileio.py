@@ -42,3 +42,35 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 def allocated_bytes(path: str | os.PathLike[str]) -> int:
     """Bytes the file really occupies on disk (holes excluded)."""
     return os.stat(path).st_blocks * 512
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename or create in directory *path* durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
+    """Replace *path* with *data* so that a crash leaves the old file or the new one.
+
+    Temp file in the same directory, fsync, rename over *path*, fsync of the
+    directory: the state files, buffers and tables that must never be torn.
+    """
+    path = os.fspath(path)
+    tmp = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")

@@ -25,6 +25,7 @@ from formats.units import format_ldev
 from formats.volume_header import Attr, VolumeHeader, VolumeInfo
 
 from .client import ArrayClient
+from .fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +110,8 @@ class HostBuffer:
         data = HostBufferData(
             self.host, self._data.generation + 1, tuple(sorted(entries, key=_device_order))
         )
-        blob = encode_buffer(data)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(self.path, encode_buffer(data))
         self._data = data
         self._stamp = self._stat_stamp()
 

@@ -68,6 +68,8 @@ from formats.journal_record import (
 )
 from formats.units import format_ldev
 
+from .fileio import fsync_dir
+
 log = logging.getLogger(__name__)
 
 #: mark_applied() compacts the file when nothing is unapplied and the record
@@ -85,14 +87,6 @@ class Record:
     offset: int
     data: bytes
     timestamp: int
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -164,7 +158,7 @@ class Journal:
         finally:
             os.close(fd)
         os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def _load(self) -> None:
         name = self._name

@@ -10,13 +10,13 @@ reservations survive an array restart, like SCSI persistent reservations.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from formats.units import format_ldev, parse_ldev
 
 from .errors import ArrayError, ReservationConflict
+from .fileio import atomic_write
 
 
 class Reservations:
@@ -102,14 +102,4 @@ class Reservations:
             )
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.as_dict(), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(self.path, json.dumps(self.as_dict(), indent=1).encode(), mode=0o644)

@@ -45,7 +45,7 @@ from .errors import (
     StoreLocked,
     VolumeExists,
 )
-from .fileio import punch_hole
+from .fileio import fsync_dir, punch_hole
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,6 @@ VOLUME_SUFFIX = ".vol"
 
 def volume_filename(ldev: int) -> str:
     return format_ldev(ldev).replace(":", "-") + VOLUME_SUFFIX
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_header_from_file(fd: int, name: str) -> tuple[VolumeHeader, list[str]]:
@@ -326,7 +318,7 @@ class VolumeStore:
         finally:
             os.close(fd)
         os.rename(tmp, path)
-        _fsync_dir(self.volume_dir)
+        fsync_dir(self.volume_dir)
         vol = Volume.open(path)
         self.volumes[ldev] = vol
         log.info("created LDEV %s (%s)", format_ldev(ldev), format_size(size))
@@ -337,11 +329,11 @@ class VolumeStore:
         if ldev not in self.volumes and name in self.broken:
             (self.volume_dir / name).unlink()
             del self.broken[name]
-            _fsync_dir(self.volume_dir)
+            fsync_dir(self.volume_dir)
             return
         vol = self.get(ldev)
         vol.path.unlink()
-        _fsync_dir(self.volume_dir)
+        fsync_dir(self.volume_dir)
         vol.close()
         del self.volumes[ldev]
         log.info("deleted LDEV %s", format_ldev(ldev))
