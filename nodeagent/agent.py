@@ -21,6 +21,17 @@ host but the new active, which preempts them.
 The agent answers `nodeagent status` and `nodeagent switchover` on a unix
 control socket next to its state file, and writes every role change,
 message, array call and hook call to its JSONL event log.
+
+The S-VOL consistency protocol (:mod:`nodeagent.protocol`) runs inside the
+agent through :class:`~nodeagent.driver.ProtocolDriver`: a standby's heartbeat
+carries its protocol status (key ``protocol``), which the active feeds to its
+protocol as a STATE message; standbys first heard become PeerUp, missed
+heartbeats, LEAVE and a peer's new incarnation PeerDown; a takeover feeds
+BecameActive (or Restarted as ACTIVE for the process's first role) after the
+preempts, becoming standby at start Restarted(STANDBY). The driver's Persist is
+the state file's only writer: role changes go through it too. `nodeagent split
+/ resync / restore GROUP` are control requests ({"cmd": "replica"}) answered
+with the protocol's Reply.
 """
 
 from __future__ import annotations
@@ -33,7 +44,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +55,16 @@ from blockemu.errors import ArrayError, ReservationConflict
 from formats.hosts_config import read_key_file
 from formats.node_config import NodeConfig
 from formats.peer_frame import MsgType, PeerFrame
-from formats.state_file import NodeRole, NodeState
+from formats.state_file import NodeRole, NodeState, ReplicaFlag
 from formats.units import format_ldev
 
+from . import protocol
+from .driver import OPS, ProtocolDriver, body_of
 from .events import EventLog
 from .hooks import Hook, HookResult, Hooks
 from .membership import Decision, Membership, Role
 from .peers import PeerLinks
-from .statefile import load_state, save_state
+from .statefile import load_state
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +120,9 @@ class Agent:
         #: After handing the active role over: do not contest before this (monotonic).
         self._handover_until = 0.0
         self._alive: set[str] = set()
+        #: Standbys the protocol was told are up (PeerUp), with the flag of their last heartbeat.
+        self._proto_live: dict[str, ReplicaFlag] = {}
+        self.driver = ProtocolDriver(self)
 
     def _link_event(self, kind: str, fields: dict[str, Any]) -> None:
         """Events of the peer links: logged, never allowed to break a link."""
@@ -115,6 +130,9 @@ class Agent:
             self.events.emit(kind, fields)
         except (TypeError, ValueError) as exc:
             log.error("cannot log %s event %r: %s", kind, fields, exc)
+        if kind == "peer_session" and fields.get("previous") is not None:
+            # A new incarnation: PeerDown for the old link before anything from the new one.
+            self._proto_down(str(fields.get("sender")))
 
     # -- running -----------------------------------------------------------
 
@@ -123,6 +141,7 @@ class Agent:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.links.run)
+                await nursery.start(self.driver.run)
                 nursery.start_soon(self._keep_array)
                 nursery.start_soon(self._receive)
                 await nursery.start(self._serve_control)
@@ -168,6 +187,7 @@ class Agent:
             "role": self.membership.role.value,
             "priority": self.config.priority,
             "flag": int(self.state.flag),
+            "protocol": self.driver.status(),
         }
         for peer in self.config.peers:
             if peer.id not in self.blocked:
@@ -197,12 +217,41 @@ class Agent:
             )
             if not was_alive:
                 self.events.emit("peer_up", peer=frame.sender, role=role.value, epoch=frame.epoch)
+            self._proto_heartbeat(frame.sender, role, frame.body.get("protocol"))
         elif frame.type is MsgType.SWITCHOVER and frame.body.get("to") == self.config.id:
             self._switchover_to = self.config.id
             self.events.emit("switchover_requested", by=frame.sender)
         elif frame.type is MsgType.LEAVE:
             self.membership.peer_down(frame.sender)
             self.events.emit("peer_down", peer=frame.sender, reason="left")
+            self._proto_down(frame.sender)
+        elif frame.type.name in protocol.MsgType.__members__:
+            body = body_of(frame.body)
+            if body is None:
+                return
+            if self.membership.role is Role.ACTIVE and frame.sender not in self._proto_live:
+                return  # not (yet) a member: its PeerUp comes with its heartbeat
+            kind = protocol.MsgType[frame.type.name]
+            self.driver.feed(protocol.MessageIn(frame.sender, kind, body))
+
+    # -- the protocol's view of the peers ---------------------------------------
+
+    def _proto_heartbeat(self, peer: str, role: Role, data: object) -> None:
+        """PeerUp for a standby first heard, STATE for every heartbeat of a member."""
+        body = body_of(data) if isinstance(data, dict) else None
+        if role is not Role.STANDBY or body is None:
+            self._proto_down(peer)
+            return
+        if peer not in self._proto_live:
+            self._proto_live[peer] = body.flag
+            self.driver.feed(protocol.PeerUp(peer, body.flag))
+        self._proto_live[peer] = body.flag
+        if self.membership.role is Role.ACTIVE:
+            self.driver.feed(protocol.MessageIn(peer, protocol.MsgType.STATE, body))
+
+    def _proto_down(self, peer: str) -> None:
+        if self._proto_live.pop(peer, None) is not None:
+            self.driver.feed(protocol.PeerDown(peer))
 
     # -- decisions -----------------------------------------------------------
 
@@ -211,6 +260,8 @@ class Agent:
         alive = set(self.membership.alive(now))
         for peer in sorted(self._alive - alive):
             self.events.emit("peer_down", peer=peer, reason="missed heartbeats")
+        for peer in sorted(set(self._proto_live) - alive):
+            self._proto_down(peer)
         self._alive = alive
 
     async def _step(self) -> None:
@@ -259,6 +310,11 @@ class Agent:
         self._persist(role=NodeRole.ACTIVE, epoch=epoch)
         for ldev in self.protected:  # fence first: the array refuses the old active from now on
             await self._array_call("preempt", ldev, lambda c, x=ldev: c.preempt(x))
+        standbys = dict(self._proto_live)
+        if self.driver.started:
+            self.driver.feed(protocol.BecameActive(standbys, epoch))
+        else:
+            self.driver.feed(protocol.Restarted(NodeRole.ACTIVE, standbys, epoch))
         await self._ensure_attached()
         self.events.emit(
             "role_change",
@@ -274,6 +330,8 @@ class Agent:
         previous = m.role
         m.became_standby()
         self._persist(role=NodeRole.STANDBY, epoch=m.epoch)
+        if not self.driver.started:
+            self.driver.feed(protocol.Restarted(NodeRole.STANDBY, epoch=m.epoch))
         await self._ensure_attached()
         self.events.emit(
             "role_change", **{"from": previous.value, "to": "standby", "epoch": m.epoch,
@@ -283,6 +341,8 @@ class Agent:
 
     async def _renew(self) -> None:
         for ldev in self.protected:
+            if ldev in self.driver.released:
+                continue  # lent to the standbys by the protocol (Stage Y): not ours to renew
             try:
                 await self._array_call("reserve", ldev, lambda c, x=ldev: c.reserve(x))
             except ReservationConflict as exc:
@@ -321,7 +381,8 @@ class Agent:
     # -- helpers -------------------------------------------------------------
 
     def _persist(self, *, role: NodeRole, epoch: int) -> None:
-        self.state = save_state(self.config.state_file, replace(self.state, role=role, epoch=epoch))
+        """Role changes go through the protocol driver: the state file has one writer."""
+        self.driver.persist_role(role, epoch)
 
     async def _array_call(self, op: str, ldev: int, fn: Any) -> Any:
         started = time.monotonic()
@@ -401,6 +462,7 @@ class Agent:
                 for name, v in sorted(m.peers.items())
             },
             "protected": [format_ldev(x) for x in self.protected],
+            "protocol": self.driver.describe(),
             "heartbeat": {"interval": m.interval, "misses": m.misses},
         }
 
@@ -440,11 +502,23 @@ class Agent:
             return {"ok": True, "status": self.status()}
         if cmd == "switchover":
             return await self._switchover(request.get("to"))
+        if cmd == "replica":
+            return await self._replica(request)
         if cmd == "partition":  # fault injection for tests and labs
             self.blocked = set(request.get("peers", []))
             self.events.emit("partition", peers=sorted(self.blocked))
             return {"ok": True, "blocked": sorted(self.blocked)}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def _replica(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = OPS.get(str(request.get("op")))
+        if op is None:
+            return {"ok": False, "error": f"unknown replica op {request.get('op')!r}; "
+                    f"known: {', '.join(OPS)}"}  # fmt: skip
+        group = str(request["group"])
+        reply = await self.driver.request(op, group, wait=bool(request.get("wait", True)))
+        return {"ok": reply.ok, "detail": reply.detail, **({} if reply.ok else
+                                                            {"error": reply.detail})}  # fmt: skip
 
     async def _switchover(self, to: str | None) -> dict[str, Any]:
         m = self.membership

@@ -4,6 +4,9 @@ nodeagent run --config node.toml          the agent (foreground; stop with SIGTE
 nodeagent status --config node.toml       role, epoch, flags, peers, protected volumes
 nodeagent switchover --config node.toml   hand the active role to a standby
 nodeagent partition --config node.toml N  fault injection: ignore peers N... (none: heal)
+nodeagent split GROUP [--quick] [--no-wait] split a replica group (ask the active)
+nodeagent resync GROUP [--no-wait]        re-form a split replica group (S-VOL <- P-VOL)
+nodeagent restore GROUP [--no-wait]       restore the P-VOL from the S-VOL
 nodeagent state FILE                      decode a persisted state file
 """
 
@@ -13,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +67,14 @@ def cmd_run(args: argparse.Namespace) -> None:
         sys.exit(EXIT_CODES["left"])
 
 
-def ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
+def ask(
+    args: argparse.Namespace, request: dict[str, Any], *, seconds: float = 5.0
+) -> dict[str, Any]:
     from .agent import control_path, control_request
 
     config = load(args)
     try:
-        return trio.run(control_request, config, request)
+        return trio.run(partial(control_request, config, request, seconds=seconds))
     except (OSError, trio.TooSlowError) as exc:
         die(f"no agent answers on {control_path(config)} ({exc}); is `nodeagent run` running?",
             "unreachable")  # fmt: skip
@@ -103,6 +109,19 @@ def cmd_switchover(args: argparse.Namespace) -> None:
 def cmd_partition(args: argparse.Namespace) -> None:
     answer = ask(args, {"cmd": "partition", "peers": args.peers})
     print(f"ignoring peers: {', '.join(answer['blocked']) or 'none (healed)'}")
+
+
+#: How long `nodeagent split` etc. wait for the round (a steady split may take long).
+REPLICA_WAIT = 900.0
+
+
+def cmd_replica(args: argparse.Namespace) -> None:
+    op = "quick-split" if args.command == "split" and args.quick else args.command
+    request = {"cmd": "replica", "op": op, "group": args.group, "wait": not args.no_wait}
+    answer = ask(args, request, seconds=REPLICA_WAIT if not args.no_wait else 5.0)
+    if not answer.get("ok"):
+        die(answer.get("error") or answer.get("detail") or f"{op} refused", "error")
+    print(answer.get("detail", f"{op} of {args.group} done"))
 
 
 def cmd_state(args: argparse.Namespace) -> None:
@@ -157,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="fault injection: ignore these peers (none: heal)")  # fmt: skip
     part.add_argument("peers", nargs="*", metavar="NODE")
     part.set_defaults(func=cmd_partition)
+    for name, what in (("split", "split a replica group (S-VOL becomes usable)"),
+                       ("resync", "re-form a split group (S-VOL hidden, copied from P-VOL)"),
+                       ("restore", "restore the P-VOL from the S-VOL")):  # fmt: skip
+        rep = sub.add_parser(name, parents=[config_opt], epilog=EPILOG,
+                             help=f"{what}; run by the active, every node's view kept "
+                             "consistent")  # fmt: skip
+        rep.add_argument("group", help="replica group (dev_group of the HORCM files)")
+        if name == "split":
+            rep.add_argument("--quick", action="store_true", help="quick split (no copy wait)")
+        rep.add_argument("--no-wait", action="store_true", help="return once submitted")
+        rep.set_defaults(func=cmd_replica)
     state = sub.add_parser("state", help="show a node's persisted replica state file")
     state.add_argument("file", help="path of the state file")
     state.add_argument("--json", action="store_true")

@@ -28,7 +28,7 @@ import trio
 
 from blockemu.client import ArrayClient
 from blockemu.connection import ArrayConnection
-from blockemu.errors import ArrayError
+from blockemu.errors import ArrayError, ReservationConflict
 from blockemu.hostbuffer import HostBuffer, refresh
 from formats.horcm import PairDef
 from formats.state_file import ReplicaOp
@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 #: How long a steady split may take to reach PSUS before it counts as failed.
 SPLIT_TIMEOUT = 600.0
+#: A visible S-VOL held by another host (a standby reflecting it too): tries, pause between.
+REFLECT_TRIES = 10
+REFLECT_RETRY_DELAY = 0.05
+#: Pair states in which the S-VOL is hidden from hosts (blockemu.replication.HIDDEN_STATES).
+HIDDEN_STATES = frozenset({"COPY", "PAIR", "COPY_SP", "COPY_RS", "COPY_RS_R"})
 _SPLIT_DONE = {"PSUS"}
 _PAIRED = {"PAIR", "COPY", "COPY_RS"}
 _COMMAND = {
@@ -133,30 +138,53 @@ class ReplicaOps:
             await self.array.call(call)
 
     async def reflect(self, group: str) -> tuple[bool, str]:
-        """Make this host's buffer match the array for every S-VOL of *group*."""
+        """Make this host's buffer match the array for every S-VOL of *group*.
+
+        Whether an S-VOL is hidden is read from its pair's state (the pair
+        display answers while another host holds the S-VOL's control right,
+        e.g. the active after a resync); an S-VOL without a pair row is asked
+        directly. A visible S-VOL held by another host reflecting at the same
+        moment is tried again a few times before the reflection fails.
+        """
         done = []
         try:
-            for p in self.of(group):
+            pairs = self.of(group)
+            rows = await self._rows(pairs)
+            for p in pairs:
                 ldev = p.svol_ldev
+                row = rows.get(_key(p))
+                if row is not None:
+                    hidden = row["status"] in HIDDEN_STATES
+                else:
 
-                async def show(c: ArrayClient, x: int = ldev) -> Any:
-                    return await c.show(x)
+                    async def show(c: ArrayClient, x: int = ldev) -> Any:
+                        return await c.show(x)
 
-                header = await self.array.call(show)
-                if header.info.attributes & Attr.HIDDEN:
+                    header = await self.array.call(show)
+                    hidden = bool(header.info.attributes & Attr.HIDDEN)
+                if hidden:
                     if self.buffer.by_ldev(ldev) is not None:
                         self.buffer.forget(ldev)
                     done.append(f"{format_ldev(ldev)} forgotten (paired)")
                 else:
-
-                    async def do_refresh(c: ArrayClient, x: int = ldev) -> Any:
-                        return await refresh(c, self.buffer, x, take_control=True)
-
-                    entry = await self.array.call(do_refresh)
+                    entry = await self._refresh(ldev)
                     done.append(f"{format_ldev(ldev)} -> {entry.device} PVID {entry.pvid.hex()}")
         except (ArrayError, OSError, KeyError) as exc:
             return False, f"reflection of {group or 'all groups'} failed: {exc}"
         return True, "; ".join(done)
+
+    async def _refresh(self, ldev: int) -> Any:
+        async def do_refresh(c: ArrayClient) -> Any:
+            return await refresh(c, self.buffer, ldev, take_control=True)
+
+        for attempt in range(REFLECT_TRIES):
+            try:
+                return await self.array.call(do_refresh)
+            except ReservationConflict:
+                if attempt + 1 == REFLECT_TRIES:
+                    raise
+                await trio.sleep(REFLECT_RETRY_DELAY)
+        raise AssertionError("unreachable")
 
 
 def _ldev(name: str) -> int:

@@ -23,8 +23,12 @@ import trio
 
 from blockemu.client import open_client
 from blockemu.errors import ReservationConflict
+from blockemu.hostbuffer import HostBuffer
 from blockemu.labconfig import LabLayout, LabNode, LabPair, write_layout, write_node_configs
+from formats.host_buffer import BufferEntry
+from formats.state_file import NodeRole, NodeState, ReplicaFlag
 from nodeagent.events import read_events
+from nodeagent.statefile import load_state
 
 from .conftest import ArrayProcess
 
@@ -94,7 +98,7 @@ class Cluster:
     agents: dict[str, Agent]
     keys: dict[str, bytes]
 
-    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 45.0) -> None:
         import time
 
         deadline = time.monotonic() + timeout
@@ -335,6 +339,13 @@ def test_switchover_moves_the_active_role_and_the_reservations(cluster: Cluster)
 
     # Once node1 hears node2 as the active, it can no longer contest.
     cluster.wait(node1_hears_node2_active, "node1 hears node2 as the active")
+
+    def node2_holds_its_svols() -> bool:
+        protocol = _status(node2)["protocol"]
+        return protocol["round"] is None and not protocol["released"]
+
+    # node1 joins as a standby: the S-VOL is lent to it while it reflects (D8), then taken back.
+    cluster.wait(node2_holds_its_svols, "node2's protocol rounds are over")
     assert trio.run(_holder, cluster.array, 0x10) == "node2"
     assert trio.run(_holder, cluster.array, 0x11) == "node2"
     became = [e for e in node2.events() if e["kind"] == "role_change" and e["to"] == "active"]
@@ -396,3 +407,125 @@ def test_status_answers_from_every_node(cluster: Cluster) -> None:
         answer = cluster.agents[name].cli("status")
         assert answer.returncode == 0, answer.stderr
         assert f"node {name}: " in answer.stdout
+
+
+# -- the S-VOL consistency protocol, driven by the agents ------------------------------------
+
+
+def _live(cluster: Cluster) -> dict[str, Agent]:
+    return {n: a for n, a in cluster.agents.items() if a.proc is not None and a.proc.poll() is None}
+
+
+def _state(agent: Agent) -> NodeState:
+    return load_state(agent.workdir / "state")
+
+
+def _svol_entry(agent: Agent) -> BufferEntry | None:
+    return HostBuffer.load(agent.workdir / "buffer", agent.name).by_ldev(0x11)
+
+
+def _protocol_idle(cluster: Cluster) -> bool:
+    """Every live node at flag 0 with its role persisted (joins after the start are over)."""
+    states = [_state(a) for a in _live(cluster).values()]
+    return all(s.flag is ReplicaFlag.ZERO and s.role is not NodeRole.NONE for s in states)
+
+
+def _replica(cluster: Cluster, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`nodeagent OP GROUP` on *node*, asked again while the active answers busy (D1)."""
+    import time
+
+    deadline = time.monotonic() + 20
+    while True:
+        answer = cluster.agents[node].cli(*args)
+        if answer.returncode == 0 or "busy" not in answer.stderr or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.2)
+
+
+async def _admin_pvid(array: ArrayProcess, ldev: int) -> bytes:
+    async with open_client(array.unix) as admin:
+        return bytes(await admin.read_pvid(ldev))
+
+
+async def _read_as(array: ArrayProcess, host: str, key: bytes, pvid: bytes) -> bytes:
+    assert array.tcp is not None
+    async with open_client(array.tcp, host=host, key=key) as client:
+        return bytes(await client.read(0x11, pvid, 0, 512))
+
+
+def test_split_and_resync_keep_every_view_consistent_across_a_takeover(cluster: Cluster) -> None:
+    _settled(cluster)
+    cluster.wait(lambda: _protocol_idle(cluster), "every node at flag 0")
+    split = _replica(cluster, "node1", "split", "appvg")
+    assert split.returncode == 0, split.stderr
+    assert "split of 'appvg' done" in split.stdout
+    pvid = trio.run(_admin_pvid, cluster.array, 0x11)
+    for agent in cluster.agents.values():
+        entry = _svol_entry(agent)
+        assert entry is not None and entry.pvid == pvid, agent.name
+    cluster.wait(lambda: _protocol_idle(cluster), "every node back at flag 0")
+    assert trio.run(_holder, cluster.array, 0x11) == "node1"  # taken back in Stage Z
+
+    node1 = cluster.agents["node1"]
+    node1.signal(signal.SIGKILL)
+    assert node1.proc is not None
+    node1.proc.wait()
+    cluster.wait(lambda: cluster.active() == ["node2"], "node2 takes over")
+    node2 = cluster.agents["node2"]
+    cluster.wait(
+        lambda: _state(node2).role is NodeRole.ACTIVE and _protocol_idle(cluster),
+        "node2's recovery round is over",
+    )
+    entry = _svol_entry(node2)
+    assert entry is not None and entry.pvid == pvid
+    data = trio.run(_read_as, cluster.array, "node2", cluster.keys["node2"], entry.pvid)
+    assert len(data) == 512
+
+    resync = _replica(cluster, "node2", "resync", "appvg")
+    assert resync.returncode == 0, resync.stderr
+    for name in ("node2", "node3"):
+        assert _svol_entry(cluster.agents[name]) is None, name
+    cluster.wait(lambda: _protocol_idle(cluster), "every node back at flag 0 after the resync")
+
+
+def test_with_reflection_off_a_standby_view_stays_stale(cluster: Cluster) -> None:
+    for agent in cluster.agents.values():
+        text = agent.config.read_text()
+        agent.config.write_text(text.replace('reflection = "eager"', 'reflection = "off"'))
+    _settled(cluster)
+    cluster.wait(lambda: _protocol_idle(cluster), "every node at flag 0")
+    split = _replica(cluster, "node1", "split", "appvg")
+    assert split.returncode == 0, split.stderr
+    node1 = cluster.agents["node1"]
+    node1.signal(signal.SIGKILL)
+    assert node1.proc is not None
+    node1.proc.wait()
+    cluster.wait(lambda: cluster.active() == ["node2"], "node2 takes over")
+    node2 = cluster.agents["node2"]
+    cluster.wait(lambda: _state(node2).role is NodeRole.ACTIVE, "node2 persisted its role")
+    assert _svol_entry(node2) is None  # stale: the split S-VOL never made it into its view
+
+
+def test_replica_commands_are_refused_by_a_standby_and_no_wait_returns_at_once(
+    cluster: Cluster,
+) -> None:
+    _settled(cluster)
+    cluster.wait(lambda: _protocol_idle(cluster), "every node at flag 0")
+    answer = cluster.agents["node2"].cli("split", "appvg")
+    assert answer.returncode == 1
+    assert "not the active node" in answer.stderr
+    unknown = cluster.agents["node1"].cli("resync", "nosuchvg")
+    assert unknown.returncode == 1 and "unknown replica group" in unknown.stderr
+    # --no-wait returns once submitted; the round still runs to its end.
+    submitted = cluster.agents["node1"].cli("split", "appvg", "--quick", "--no-wait")
+    assert submitted.returncode == 0, submitted.stderr
+    assert "submitted" in submitted.stdout
+
+    def reflected() -> bool:
+        pvid = trio.run(_admin_pvid, cluster.array, 0x11)  # a split S-VOL has a new PVID
+        if pvid == trio.run(_admin_pvid, cluster.array, 0x10):
+            return False  # not split yet
+        return all((e := _svol_entry(a)) is not None and e.pvid == pvid
+                   for a in cluster.agents.values())  # fmt: skip
+
+    cluster.wait(reflected, "every node reflects the quick split")
