@@ -30,6 +30,7 @@ from .cliutil import (
     fail,
     ldev_arg,
     out_console,
+    run_trio,
     size_arg,
     when,
     with_array,
@@ -131,17 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 flush=True,
             )
 
-        try:
-            trio.run(run_until_signalled, array, addresses, announce, extra, hosts)
-        except BaseExceptionGroup as group:
-            # One failure at start-up (a busy mountpoint, an address in use)
-            # arrives wrapped by the nurseries: report it as itself.
-            leaf: BaseException = group
-            while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-                leaf = leaf.exceptions[0]
-            if leaf is group:
-                raise
-            raise leaf from None
+        run_trio(run_until_signalled, array, addresses, announce, extra, hosts)
     finally:
         array.close()
 

@@ -19,7 +19,7 @@ from formats.hosts_config import read_key_file
 from formats.units import format_ldev, format_size, parse_ldev
 
 from .client import ArrayClient
-from .cliutil import EXIT_CODES, emit_json, err_console, out_console, with_array
+from .cliutil import EXIT_CODES, emit_json, err_console, out_console, run_trio, with_array
 from .hostbuffer import HostBuffer, refresh, scan
 
 ENV_BUFFER = "BLOCKEMU_HOST_BUFFER"
@@ -159,8 +159,6 @@ def _daemonize(log_file: str | None) -> None:
 def cmd_attach(args: argparse.Namespace) -> None:
     import logging
 
-    import trio
-
     from .address import default_address, parse_address
     from .hostview import run_attach
 
@@ -187,11 +185,7 @@ def cmd_attach(args: argparse.Namespace) -> None:
         )
 
     try:
-        trio.run(run_attach, addr, args.host, key, buf, args.mountpoint, announce)
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        run_trio(run_attach, addr, args.host, key, buf, args.mountpoint, announce)
     finally:
         if args.pid_file:
             Path(args.pid_file).unlink(missing_ok=True)

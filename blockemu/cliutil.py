@@ -117,6 +117,23 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def run_trio(fn: Callable[..., Awaitable[object]], *args: object) -> None:
+    """trio.run a daemon's main; one failure wrapped by nurseries is re-raised as itself.
+
+    (A busy mountpoint or an address in use should reach :func:`fail` as the
+    OSError it is, not as an exception group.)
+    """
+    try:
+        trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if leaf is group:
+            raise
+        raise leaf from None
+
+
 def emit_json(value: object) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
