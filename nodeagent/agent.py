@@ -36,14 +36,17 @@ with the protocol's Reply.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -482,6 +485,7 @@ class Agent:
             path.unlink(missing_ok=True)
 
     async def _control_client(self, stream: trio.SocketStream) -> None:
+        """One request line in; progress lines (``{"progress": ...}``) and one answer out."""
         async with stream:
             data = b""
             while not data.endswith(b"\n"):
@@ -489,34 +493,56 @@ class Agent:
                 if not chunk:
                     return
                 data += chunk
-            try:
-                request = json.loads(data)
-                answer = await self._control(request)
-            except (ValueError, KeyError, TypeError) as exc:
-                answer = {"ok": False, "error": f"bad request: {exc}"}
-            await stream.send_all(json.dumps(answer).encode() + b"\n")
+            lines, out = trio.open_memory_channel[dict[str, Any]](math.inf)
 
-    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+            async def forward() -> None:
+                async for line in out:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await stream.send_all(json.dumps(line).encode() + b"\n")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward)
+                try:
+                    request = json.loads(data)
+                    answer = await self._control(
+                        request, say=lambda text: lines.send_nowait({"progress": text})
+                    )
+                except (ValueError, KeyError, TypeError) as exc:
+                    answer = {"ok": False, "error": f"bad request: {exc}"}
+                lines.send_nowait(answer)
+                lines.close()
+
+    async def _control(
+        self, request: dict[str, Any], say: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
         cmd = request["cmd"]
         if cmd == "status":
             return {"ok": True, "status": self.status()}
         if cmd == "switchover":
             return await self._switchover(request.get("to"))
         if cmd == "replica":
-            return await self._replica(request)
+            return await self._replica(request, say if request.get("progress") else None)
+        if cmd == "pause-at":  # fault injection for tests: see nodeagent.driver
+            points = {str(x) for x in request.get("points", [])}
+            self.driver.arm(points)
+            return {"ok": True, "armed": sorted(points)}
         if cmd == "partition":  # fault injection for tests and labs
             self.blocked = set(request.get("peers", []))
             self.events.emit("partition", peers=sorted(self.blocked))
             return {"ok": True, "blocked": sorted(self.blocked)}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
-    async def _replica(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _replica(
+        self, request: dict[str, Any], say: Callable[[str], None] | None
+    ) -> dict[str, Any]:
         op = OPS.get(str(request.get("op")))
         if op is None:
             return {"ok": False, "error": f"unknown replica op {request.get('op')!r}; "
                     f"known: {', '.join(OPS)}"}  # fmt: skip
         group = str(request["group"])
-        reply = await self.driver.request(op, group, wait=bool(request.get("wait", True)))
+        reply = await self.driver.request(
+            op, group, wait=bool(request.get("wait", True)), progress=say
+        )
         return {"ok": reply.ok, "detail": reply.detail, **({} if reply.ok else
                                                             {"error": reply.detail})}  # fmt: skip
 
@@ -552,17 +578,28 @@ def _die_with_parent() -> None:
 
 
 async def control_request(
-    config: NodeConfig, request: dict[str, Any], *, seconds: float = 5.0
+    config: NodeConfig,
+    request: dict[str, Any],
+    *,
+    seconds: float = 5.0,
+    on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Send one request to a running agent's control socket."""
+    """Send one request to a running agent's control socket; progress lines the agent
+    sends before its answer go to *on_progress*."""
     with trio.fail_after(seconds):
         stream = await trio.open_unix_socket(str(control_path(config)))
         async with stream:
             await stream.send_all(json.dumps(request).encode() + b"\n")
             data = b""
-            while not data.endswith(b"\n"):
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                data += chunk
-    return dict(json.loads(data))
+            while True:
+                while b"\n" not in data:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return dict(json.loads(data))  # raises on a truncated answer
+                    data += chunk
+                line, data = data.split(b"\n", 1)
+                message = json.loads(line)
+                if "progress" not in message:
+                    return dict(message)
+                if on_progress is not None:
+                    on_progress(str(message["progress"]))

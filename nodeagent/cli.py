@@ -7,6 +7,7 @@ nodeagent partition --config node.toml N  fault injection: ignore peers N... (no
 nodeagent split GROUP [--quick] [--no-wait] split a replica group (ask the active)
 nodeagent resync GROUP [--no-wait]        re-form a split replica group (S-VOL <- P-VOL)
 nodeagent restore GROUP [--no-wait]       restore the P-VOL from the S-VOL
+nodeagent pause-at POINT...               fault injection: SIGSTOP at a protocol point
 nodeagent state FILE                      decode a persisted state file
 """
 
@@ -16,6 +17,8 @@ import argparse
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -68,13 +71,19 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def ask(
-    args: argparse.Namespace, request: dict[str, Any], *, seconds: float = 5.0
+    args: argparse.Namespace,
+    request: dict[str, Any],
+    *,
+    seconds: float = 5.0,
+    on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     from .agent import control_path, control_request
 
     config = load(args)
     try:
-        return trio.run(partial(control_request, config, request, seconds=seconds))
+        return trio.run(
+            partial(control_request, config, request, seconds=seconds, on_progress=on_progress)
+        )
     except (OSError, trio.TooSlowError) as exc:
         die(f"no agent answers on {control_path(config)} ({exc}); is `nodeagent run` running?",
             "unreachable")  # fmt: skip
@@ -117,11 +126,23 @@ REPLICA_WAIT = 900.0
 
 def cmd_replica(args: argparse.Namespace) -> None:
     op = "quick-split" if args.command == "split" and args.quick else args.command
-    request = {"cmd": "replica", "op": op, "group": args.group, "wait": not args.no_wait}
-    answer = ask(args, request, seconds=REPLICA_WAIT if not args.no_wait else 5.0)
+    request = {"cmd": "replica", "op": op, "group": args.group, "wait": not args.no_wait,
+               "progress": not args.quiet}  # fmt: skip
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        print(f"[{time.monotonic() - started:7.3f}s] {line}", flush=True)
+
+    answer = ask(args, request, seconds=REPLICA_WAIT if not args.no_wait else 5.0,
+                 on_progress=progress)  # fmt: skip
     if not answer.get("ok"):
         die(answer.get("error") or answer.get("detail") or f"{op} refused", "error")
     print(answer.get("detail", f"{op} of {args.group} done"))
+
+
+def cmd_pause_at(args: argparse.Namespace) -> None:
+    answer = ask(args, {"cmd": "pause-at", "points": args.points})
+    print(f"armed: {', '.join(answer['armed'])} (the agent SIGSTOPs itself at the first hit)")
 
 
 def cmd_state(args: argparse.Namespace) -> None:
@@ -186,7 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "split":
             rep.add_argument("--quick", action="store_true", help="quick split (no copy wait)")
         rep.add_argument("--no-wait", action="store_true", help="return once submitted")
+        rep.add_argument("--quiet", "-q", action="store_true",
+                         help="no progress line per stage; only the outcome")  # fmt: skip
         rep.set_defaults(func=cmd_replica)
+    pause = sub.add_parser("pause-at", parents=[config_opt], epilog=EPILOG,
+                           help="fault injection (tests): stop the agent with SIGSTOP at a "
+                           "named protocol point, e.g. active:request:persist:A1")  # fmt: skip
+    pause.add_argument("points", nargs="+", metavar="POINT",
+                       help="ROLE[:KIND]:WHAT; see nodeagent/driver.py")  # fmt: skip
+    pause.set_defaults(func=cmd_pause_at)
     state = sub.add_parser("state", help="show a node's persisted replica state file")
     state.add_argument("file", help="path of the state file")
     state.add_argument("--json", action="store_true")

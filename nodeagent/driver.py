@@ -25,6 +25,19 @@ protocol's own state and writes that, so flag, op, group, role and epoch are
 always written together. Becoming active is persisted by the protocol itself
 (``BecameActive`` / ``Restarted(ACTIVE)``: role ACTIVE and the new epoch).
 
+Fault injection: ``NODEAGENT_PAUSE_AT`` names points (comma-separated) where
+the driver stops its own process with SIGSTOP after logging a ``pause``
+event, so that a test can SIGKILL it exactly there (:data:`PAUSE_ENV`,
+:meth:`ProtocolDriver._checkpoint`). A point is ``ROLE:WHAT`` or
+``ROLE:KIND:WHAT``: ROLE ``active`` or ``standby`` (the persisted role),
+KIND the round's kind (``request``, ``recovery``, ``join``; the active only)
+and WHAT one of ``pre-persist:FLAG`` / ``persist:FLAG`` (before / after the
+state file write; FLAG ``0``, ``A1`` ... ``B3``), ``pre-send:TYPE`` /
+``send:TYPE`` (a message), ``call:CALL`` / ``called:CALL`` (before the
+array or buffer work of ``RunReplica`` / ``Reflect`` starts, and after it
+ended but before its result is fed back), ``release`` and ``take`` (control
+right). Each point pauses once per process.
+
 Wiring (done by :class:`nodeagent.agent.Agent`): a process tells the protocol
 ``Restarted`` once it knows its first role (standby, or active through a
 takeover); events that arrive before that are dropped (the heartbeat resends
@@ -35,7 +48,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +75,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _HOOKS = {p.HOOK_UNUSABLE: Hook.SVOL_UNUSABLE, p.HOOK_USABLE: Hook.SVOL_USABLE}
+#: Environment variable naming the fault-injection pause points (see the module docstring).
+PAUSE_ENV = "NODEAGENT_PAUSE_AT"
+
 #: Control-socket op names -> replica operations.
 OPS = {
     "split": ReplicaOp.SPLIT,
@@ -68,12 +87,18 @@ OPS = {
 }
 
 
+#: How many requests may wait for a busy active (D1) before new ones are refused.
+QUEUE_LIMIT = 16
+
+
 @dataclass
 class _Waiter:
-    """A control-socket request waiting for the protocol's Reply."""
+    """A control-socket request waiting for the protocol's Reply; ``progress`` gets a
+    line per stage of its round."""
 
     done: trio.Event = field(default_factory=trio.Event)
     reply: p.Reply | None = None
+    progress: Callable[[str], None] | None = None
 
     def resolve(self, reply: p.Reply) -> None:
         self.reply = reply
@@ -103,6 +128,10 @@ class ProtocolDriver:
         self.released: set[int] = set()
         self._round_waiter: _Waiter | None = None
         self._nursery: trio.Nursery | None = None
+        self._pause_at = {x.strip() for x in os.environ.get(PAUSE_ENV, "").split(",") if x.strip()}
+        self._kind = ""  # the kind of the round being handled, for pause-point names
+        #: Requests refused as busy (D1), asked again when the node is idle.
+        self._queued: deque[_Fed] = deque()
 
     # -- feeding -------------------------------------------------------------
 
@@ -114,17 +143,32 @@ class ProtocolDriver:
             return
         self._in.send_nowait(_Fed(event))
 
-    async def request(self, op: ReplicaOp, group: str, *, wait: bool = True) -> p.Reply:
-        """A user's request; with *wait*, its Reply (at the end of the round)."""
+    async def request(
+        self,
+        op: ReplicaOp,
+        group: str,
+        *,
+        wait: bool = True,
+        progress: Callable[[str], None] | None = None,
+    ) -> p.Reply:
+        """A user's request; with *wait*, its Reply (at the end of the round), and a
+        line per stage to *progress* meanwhile. A busy active queues it (D1)."""
         if not self.started:
             return p.Reply(False, f"{self.node.name} has no role yet; retry in a moment")
-        waiter = _Waiter() if wait else None
+        if len(self._queued) >= QUEUE_LIMIT:
+            return p.Reply(False, f"{len(self._queued)} requests already wait; retry later")
+        waiter = _Waiter(progress=progress) if wait else None
         self._in.send_nowait(_Fed(p.Request(op, group), waiter))
         if waiter is None:
             return p.Reply(True, f"{op.name.lower()} of {group!r} submitted")
         await waiter.done.wait()
         assert waiter.reply is not None
         return waiter.reply
+
+    def arm(self, points: set[str]) -> None:
+        """Fault injection: pause at these points from now on (module docstring)."""
+        self._pause_at |= points
+        self._event("armed", points=sorted(self._pause_at))
 
     def persist_role(self, role: NodeRole, epoch: int) -> None:
         """A role change the protocol does not model: merge role and epoch, write (one writer).
@@ -165,9 +209,23 @@ class ProtocolDriver:
                 await self._handle(fed)
 
     async def _handle(self, fed: _Fed) -> None:
+        await self._handle_one(fed)
+        while self._queued and self.node.idle and self.node.state.flag is ReplicaFlag.ZERO:
+            await self._handle_one(self._queued.popleft())
+
+    async def _handle_one(self, fed: _Fed) -> None:
+        before = self.node.volatile.round
         actions = self.node.handle(fed.event)
+        # The kind of round these actions belong to (the one that just ended, if it did).
+        current = self.node.volatile.round or before
+        self._kind = current.kind.value if current is not None else ""
         if isinstance(fed.event, p.Request):
             replies = [a for a in actions if isinstance(a, p.Reply)]
+            if replies and replies[0].busy:  # D1: keep it, ask again once idle
+                self._queued.append(fed)
+                self._tell(fed.waiter, f"queued: {replies[0].detail.split('busy: ')[-1]}")
+                self._event("queued", op=fed.event.op.name, group=fed.event.group)
+                return
             if replies:  # refused at once: not the answer of the round that may be running
                 if fed.waiter is not None:
                     fed.waiter.resolve(replies[0])
@@ -175,13 +233,39 @@ class ProtocolDriver:
                 self._event("reply", ok=replies[0].ok, detail=replies[0].detail)
             else:  # accepted: answered at the end of its round (--no-wait: nobody waits)
                 self._round_waiter = fed.waiter
+                self._tell(fed.waiter, f"accepted: {fed.event.op.name.lower()} of "
+                           f"{fed.event.group!r}; Stage X: telling the standbys")  # fmt: skip
+        elif (
+            isinstance(fed.event, p.MessageIn)
+            and fed.event.type is p.MsgType.REFLECTED
+            and self._round_waiter is not None
+        ):
+            body = fed.event.body
+            self._tell(self._round_waiter, f"Stage Y: {fed.event.sender} reflected"
+                       + ("" if body.ok else f" with an error: {body.detail}"))  # fmt: skip
         for action in actions:
             await self._perform(action)
 
+    @staticmethod
+    def _tell(waiter: _Waiter | None, line: str) -> None:
+        if line and waiter is not None and waiter.progress is not None:
+            waiter.progress(line)
+
     async def _perform(self, action: p.Action) -> None:
+        point = _point_of(action)
+        if point:
+            self._checkpoint(f"pre-{point}")
+        await self._act(action)
+        if point:
+            self._checkpoint(point)
+
+    async def _act(self, action: p.Action) -> None:
         agent = self.agent
         if isinstance(action, p.Persist):
             agent.state = save_state(agent.config.state_file, action.state)
+            live = ", ".join(sorted(self.node.volatile.live)) or "none"
+            line = _STAGE_LINES.get(action.state.flag, "")
+            self._tell(self._round_waiter, line.format(live=live))
             if action.state.role is NodeRole.ACTIVE and action.state.epoch > agent.membership.epoch:
                 agent.membership.epoch = action.state.epoch
             self._event("persist", flag=_flag(action.state.flag), op=action.state.op.name,
@@ -210,6 +294,23 @@ class ProtocolDriver:
             log.info("%s", action.message)
             self._event("log", message=action.message)
 
+    def _checkpoint(self, what: str) -> None:
+        """Fault injection: stop this process at a named point (module docstring)."""
+        if not self._pause_at:
+            return
+        role = "active" if self.node.state.role is NodeRole.ACTIVE else "standby"
+        names = {f"{role}:{what}"}
+        if role == "active" and self._kind:
+            names.add(f"{role}:{self._kind}:{what}")
+        hit = names & self._pause_at
+        if not hit:
+            return
+        self._pause_at -= hit
+        point = min(hit)
+        log.warning("fault injection: pausing at %s (SIGSTOP)", point)
+        self._event("pause", point=point, pid=os.getpid())
+        os.kill(os.getpid(), signal.SIGSTOP)
+
     def _resolve(self, reply: p.Reply) -> None:
         waiter, self._round_waiter = self._round_waiter, None
         if waiter is not None:
@@ -237,6 +338,8 @@ class ProtocolDriver:
 
     async def _call(self, call: p.RunReplica | p.Reflect) -> None:
         ok, detail = False, ""
+        name = type(call).__name__
+        self._checkpoint(f"call:{name}")
         try:
             if isinstance(call, p.RunReplica):
                 ok, detail = await self.ops.run_replica(call.op, call.group)
@@ -252,8 +355,32 @@ class ProtocolDriver:
             if isinstance(call, p.RunReplica)
             else p.ReflectResult(ok, detail)
         )
-        self._event("result", call=type(call).__name__, ok=ok, detail=detail)
+        self._checkpoint(f"called:{name}")
+        self._event("result", call=name, ok=ok, detail=detail)
         self._in.send_nowait(_Fed(result))
+
+
+#: What a user waiting for a round is told when the active persists each flag.
+_STAGE_LINES = {
+    ReplicaFlag.A1: "Stage X: every live standby ({live}) holds the intent (B1); "
+    "replica running on the array (A1)",
+    ReplicaFlag.A2: "Stage X: replica done on the array, own view re-read (A2)",
+    ReplicaFlag.A3: "Stage Y: standbys ({live}) told; waiting for their reflection (A3)",
+    ReplicaFlag.ZERO: "Stage Z: every live standby reflected; flag 0, S-VOL control right back",
+}
+
+
+def _point_of(action: p.Action) -> str:
+    """The pause-point name of *action* ("" for actions that have none)."""
+    if isinstance(action, p.Persist):
+        return f"persist:{_flag(action.state.flag)}"
+    if isinstance(action, p.Send):
+        return f"send:{action.type.name}"
+    if isinstance(action, p.ReleaseControl):
+        return "release"
+    if isinstance(action, p.TakeControl):
+        return "take"
+    return ""
 
 
 def _flag(flag: ReplicaFlag) -> str:

@@ -114,8 +114,9 @@ Decisions (where the patent or DESIGN.md is silent or had to be refined)
 -----------------------------------------------------------------------
 
 D1. One round at a time. A request while a round runs, or while a standby is
-    being brought up to date, is answered ``Reply(ok=False, "busy ...")``;
-    the monitoring loop keeps it and asks again (paragraph 0062: the loop
+    being brought up to date, is answered ``Reply(ok=False, "busy ...",
+    busy=True)``; the driver keeps it in a queue and asks again when the
+    node is idle (the monitoring loop of the patent) (paragraph 0062: the loop
     checks pending replica requests on every pass, after resuming an
     interrupted protocol).
 
@@ -535,10 +536,12 @@ class Hook:
 
 @dataclass(frozen=True)
 class Reply:
-    """Answer to the user's :class:`Request`."""
+    """Answer to the user's :class:`Request`. ``busy``: refused only because a round
+    runs or a flag is not 0 (D1); the driver queues such a request and asks again."""
 
     ok: bool
     detail: str
+    busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -1157,7 +1160,7 @@ class ProtocolNode:
 
     def _request(self, ev: Request) -> None:
         r = self.volatile.round
-        reason = ""
+        reason, busy = "", False
         if not self.groups:
             reason = "no replica definition file: there is nothing to protect"
         elif ev.op is Op.NONE:
@@ -1168,11 +1171,12 @@ class ProtocolNode:
                 f"{', '.join(repr(g) for g in self.groups)}"
             )
         elif r is not None:
-            reason = f"busy: {r.describe()}; retry when it is over (D1)"
+            reason, busy = f"busy: {r.describe()}; retry when it is over (D1)", True
         elif self.state.flag is not F.ZERO:
-            reason = f"busy: flag {self.state.flag.name}; retry when it is 0 (D1)"
+            reason, busy = f"busy: flag {self.state.flag.name}; retry when it is 0 (D1)", True
         if reason:
-            self._emit(Reply(False, f"{ev.op.name.lower()} of {ev.group!r} refused: {reason}"))
+            refusal = f"{ev.op.name.lower()} of {ev.group!r} refused: {reason}"
+            self._emit(Reply(False, refusal, busy))
             return
         seq = self.volatile.seq + 1
         self._set(seq=seq)

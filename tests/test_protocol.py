@@ -289,6 +289,7 @@ def test_request_refused(groups: tuple[str, ...], op: ReplicaOp, group: str, why
     a = active("b", groups=groups)
     out = a.handle(Request(op, group))
     assert len(out) == 1 and isinstance(out[0], Reply) and not out[0].ok
+    assert not out[0].busy  # refused for good: the driver does not queue it
     assert why in out[0].detail
     assert a.idle and a.state.flag is F.ZERO
 
@@ -298,7 +299,7 @@ def test_request_while_busy_is_refused_and_changes_nothing() -> None:
     a.handle(Request(Op.SPLIT, "g"))
     before = (a.state, a.volatile)
     out = a.handle(Request(Op.RESYNC, "g"))
-    assert out == [Reply(False, out[0].detail)] and "busy" in out[0].detail  # type: ignore[union-attr]
+    assert out == [Reply(False, out[0].detail, busy=True)] and "busy" in out[0].detail  # type: ignore[union-attr]
     assert (a.state, a.volatile) == before
 
 
