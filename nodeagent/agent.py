@@ -313,6 +313,11 @@ class Agent:
         self._persist(role=NodeRole.ACTIVE, epoch=epoch)
         for ldev in self.protected:  # fence first: the array refuses the old active from now on
             await self._array_call("preempt", ldev, lambda c, x=ldev: c.preempt(x))
+        if self.config.reflection == "lazy":  # the standby never refreshed: do it now, in line
+            began = time.monotonic()
+            ok, detail = await self.driver.refresh_all()
+            self.events.emit("lazy_refresh", ok=ok, detail=detail,
+                             duration=round(time.monotonic() - began, 6))  # fmt: skip
         standbys = dict(self._proto_live)
         if self.driver.started:
             self.driver.feed(protocol.BecameActive(standbys, epoch))

@@ -170,6 +170,15 @@ class ProtocolDriver:
         self._pause_at |= points
         self._event("armed", points=sorted(self._pause_at))
 
+    async def refresh_all(self) -> tuple[bool, str]:
+        """Re-read every S-VOL of the definition files into this node's buffer (a lazy
+        node's takeover: AIX PowerHA's "lazy update" compares and re-imports there)."""
+        try:
+            self.buffer.reload_if_changed()
+            return await self.ops.reflect(p.ALL)
+        except (ArrayError, ArrayUnavailable, OSError, KeyError, trio.TooSlowError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+
     def persist_role(self, role: NodeRole, epoch: int) -> None:
         """A role change the protocol does not model: merge role and epoch, write (one writer).
 
@@ -345,6 +354,11 @@ class ProtocolDriver:
                 ok, detail = await self.ops.run_replica(call.op, call.group)
             elif self.agent.config.reflection == "off":
                 ok, detail = True, "reflection is off in this node's config: buffer left as is"
+            elif (
+                self.agent.config.reflection == "lazy"
+                and self.node.state.role is not NodeRole.ACTIVE
+            ):
+                ok, detail = True, "reflection is lazy: the buffer is refreshed at takeover"
             else:
                 self.buffer.reload_if_changed()
                 ok, detail = await self.ops.reflect(call.group)
