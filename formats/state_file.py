@@ -46,6 +46,7 @@ class ReplicaOp(enum.IntEnum):
     QUICK_SPLIT = 2
     RESYNC = 3
     RESTORE = 4
+    REFLECT = 5  # nothing to run: the array changed without the agent, reflect it (D16)
 
 
 @dataclass(frozen=True)

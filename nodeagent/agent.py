@@ -58,7 +58,7 @@ from blockemu.errors import ArrayError, ReservationConflict
 from formats.hosts_config import read_key_file
 from formats.node_config import NodeConfig
 from formats.peer_frame import MsgType, PeerFrame
-from formats.state_file import NodeRole, NodeState, ReplicaFlag
+from formats.state_file import NodeRole, NodeState, ReplicaFlag, ReplicaOp
 from formats.units import format_ldev
 
 from . import protocol
@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 API_VERSION = 1
 #: Exit code of an agent that left the cluster (fenced, superseded, failed).
 EXIT_LEFT = 75
+#: How often (at least) the idle active compares its buffer with the array (D16), and how
+#: long it waits before reflecting the same group again if the difference stays.
+OBSERVE_INTERVAL, OBSERVE_BACKOFF = 0.5, 5.0
 _ROLE_TO_STATE = {Role.ACTIVE: NodeRole.ACTIVE, Role.STANDBY: NodeRole.STANDBY}
 
 
@@ -149,6 +152,7 @@ class Agent:
                 nursery.start_soon(self._receive)
                 await nursery.start(self._serve_control)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
+                nursery.start_soon(self._observe_array)
                 await self._loop()
                 nursery.cancel_scope.cancel()
         finally:
@@ -162,6 +166,32 @@ class Agent:
             except (OSError, ArrayError) as exc:
                 log.warning("array %s unreachable: %s", self.config.array.address, exc)
                 await trio.sleep(self.config.heartbeat_interval)
+
+    async def _observe_array(self) -> None:
+        """The active notices pairs changed on the array without it (D16): while the
+        protocol is idle it compares its own buffer with the array's pairs and, for a
+        group that differs, runs a REFLECT round so that every standby re-reads it."""
+        if self.config.reflection == "off":
+            return  # nobody refreshes anything: the point of "off"
+        interval = max(OBSERVE_INTERVAL, 2 * self.config.heartbeat_interval)
+        last: dict[str, float] = {}
+        while True:
+            await trio.sleep(interval)
+            if self.membership.role is not Role.ACTIVE or not self.driver.idle:
+                continue
+            try:
+                groups = await self.driver.ops.drifted()
+            except (ArrayError, ArrayUnavailable, OSError, trio.TooSlowError) as exc:
+                log.debug("cannot compare the buffer with the array: %s", exc)
+                continue
+            now = time.monotonic()
+            for group in groups:
+                if now - last.get(group, -math.inf) < OBSERVE_BACKOFF or not self.driver.idle:
+                    continue
+                last[group] = now
+                self.events.emit("out_of_band", group=group)
+                log.info("group %s changed on the array without us: reflecting it", group)
+                await self.driver.request(ReplicaOp.REFLECT, group, wait=False)
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -7,6 +7,7 @@ nodeagent partition --config node.toml N  fault injection: ignore peers N... (no
 nodeagent split GROUP [--quick] [--no-wait] split a replica group (ask the active)
 nodeagent resync GROUP [--no-wait]        re-form a split replica group (S-VOL <- P-VOL)
 nodeagent restore GROUP [--no-wait]       restore the P-VOL from the S-VOL
+nodeagent reflect GROUP [--no-wait]       re-read a group changed on the array directly
 nodeagent pause-at POINT...               fault injection: SIGSTOP at a protocol point
 nodeagent state FILE                      decode a persisted state file
 """
@@ -199,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     part.set_defaults(func=cmd_partition)
     for name, what in (("split", "split a replica group (S-VOL becomes usable)"),
                        ("resync", "re-form a split group (S-VOL hidden, copied from P-VOL)"),
-                       ("restore", "restore the P-VOL from the S-VOL")):  # fmt: skip
+                       ("restore", "restore the P-VOL from the S-VOL"),
+                       ("reflect", "re-read the group's S-VOLs on every node (after a "
+                        "change made on the array directly; the active notices those too)"),
+                       ):  # fmt: skip
         rep = sub.add_parser(name, parents=[config_opt], epilog=EPILOG,
                              help=f"{what}; run by the active, every node's view kept "
                              "consistent")  # fmt: skip

@@ -84,6 +84,7 @@ OPS = {
     "quick-split": ReplicaOp.QUICK_SPLIT,
     "resync": ReplicaOp.RESYNC,
     "restore": ReplicaOp.RESTORE,
+    "reflect": ReplicaOp.REFLECT,
 }
 
 
@@ -164,6 +165,16 @@ class ProtocolDriver:
         await waiter.done.wait()
         assert waiter.reply is not None
         return waiter.reply
+
+    @property
+    def idle(self) -> bool:
+        """No round, no call, nothing queued, flag 0: a good moment to look at the array."""
+        return (
+            self.started
+            and self.node.idle
+            and not self._queued
+            and (self.node.state.flag is ReplicaFlag.ZERO)
+        )
 
     def arm(self, points: set[str]) -> None:
         """Fault injection: pause at these points from now on (module docstring)."""

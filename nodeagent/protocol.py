@@ -240,6 +240,15 @@ D15. The active ignores START and DONE (another node believes it is active:
     a partition, which the runtime and the array's reservations resolve) and
     logs them. A :class:`Request` to a standby is refused.
 
+D16. Out-of-band changes. A pair split or re-formed on the array without
+    the agent (a backup script calling the array directly) leaves every
+    buffer stale. The active's runtime compares its own buffer with the
+    array while idle and, on a difference, makes a request with op REFLECT:
+    a normal round whose replica is a no-op, so Stage X records the intent,
+    Stage Y reflects every standby and Stage Z ends it, and a crash anywhere
+    is recovered like any other round. REFLECT is never rolled forward into
+    an array command: there is nothing to run.
+
 Known limits (the runtime has to cover them)
 --------------------------------------------
 
@@ -328,8 +337,9 @@ SPLITS = frozenset({Op.SPLIT, Op.QUICK_SPLIT})
 
 
 def _visible(op: ReplicaOp) -> bool:
-    """May the S-VOL be visible after *op*? NONE (a join, a recovery) means unknown: yes."""
-    return op in SPLITS or op is Op.NONE
+    """May the S-VOL be visible after *op*? NONE (a join, a recovery) and REFLECT (an
+    out-of-band change, D16) mean unknown: yes."""
+    return op in SPLITS or op in (Op.NONE, Op.REFLECT)
 
 
 # ---------------------------------------------------------------------------

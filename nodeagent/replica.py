@@ -87,6 +87,8 @@ class ReplicaOps:
     async def run_replica(self, op: ReplicaOp, group: str) -> tuple[bool, str]:
         """Bring the group's pairs to where *op* takes them; (ok, what happened)."""
         pairs = self.of(group)
+        if op is ReplicaOp.REFLECT:
+            return True, f"nothing to run for {group or 'all groups'}: the array changed already"
         try:
             rows = await self._rows(pairs)
             missing = [p for p in pairs if _key(p) not in rows]
@@ -102,6 +104,26 @@ class ReplicaOps:
             return False, f"{op.name.lower()} of {group or 'all groups'} failed: {exc}"
         done = "already done" if not todo else f"ran on {len(todo)} pair(s)"
         return True, f"{op.name.lower()} of {group or 'all groups'}: {done}"
+
+    async def drifted(self) -> list[str]:
+        """The groups whose S-VOLs this node's buffer does not describe as the array shows
+        them now: a pair split or re-formed on the array without the agent (a backup
+        script running `pairsplit`). Pairs the array does not list are left out."""
+        self.buffer.reload_if_changed()
+        rows = await self._rows(self.pairs)
+        found = set()
+        for p in self.pairs:
+            row = rows.get(_key(p))
+            if row is None:
+                continue
+            entry = self.buffer.by_ldev(p.svol_ldev)
+            if row["status"] in HIDDEN_STATES:
+                stale = entry is not None
+            else:
+                stale = entry is None or entry.pvid.hex() != row.get("svol_pvid")
+            if stale:
+                found.add(p.group)
+        return sorted(found)
 
     async def _command(
         self, op: ReplicaOp, todo: list[PairDef], rows: dict[int, dict[str, Any]]

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +327,39 @@ def test_replica_commands_are_refused_by_a_standby_and_no_wait_returns_at_once(
                    for a in cluster.agents.values())  # fmt: skip
 
     cluster.wait(reflected, "every node reflects the quick split")
+
+
+def _array_cli(cluster: Cluster, *args: str) -> None:
+    """`blockemu ARGS` against the array directly, as a backup script would run it."""
+    env = {**os.environ, "BLOCKEMU_ARRAY": str(cluster.array.unix)}
+    done = subprocess.run([sys.executable, "-m", "blockemu", *args], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_split_made_on_the_array_directly_is_reflected_everywhere(cluster: Cluster) -> None:
+    """D16: nobody asked nodeagent; the active notices and every buffer follows."""
+    settled(cluster)
+    cluster.wait(lambda: protocol_idle(cluster), "every node at flag 0")
+    _array_cli(cluster, "pair", "split", "--svol", "00:11", "--wait")
+    pvid = trio.run(admin_pvid, cluster.array, 0x11)
+
+    def everyone_knows(expected: bytes | None) -> Callable[[], bool]:
+        def check() -> bool:
+            entries = [svol_entry(a) for a in cluster.agents.values()]
+            if expected is None:
+                return all(e is None for e in entries)
+            return all(e is not None and e.pvid == expected for e in entries)
+
+        return check
+
+    cluster.wait(everyone_knows(pvid), "every node's buffer holds the split S-VOL")
+    node1 = cluster.agents["node1"]
+    assert [e["group"] for e in node1.events() if e["kind"] == "out_of_band"] == ["appvg"]
+    cluster.wait(lambda: protocol_idle(cluster), "the REFLECT round is over")
+    _array_cli(cluster, "pair", "resync", "--svol", "00:11", "--wait")
+    cluster.wait(everyone_knows(None), "every node forgot the re-formed S-VOL")
+    # `nodeagent reflect` runs the same round on request, and there is nothing to change.
+    again = replica(cluster, "node1", "reflect", "appvg", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert everyone_knows(None)()

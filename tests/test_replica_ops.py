@@ -13,6 +13,7 @@ from blockemu.connection import ArrayConnection
 from blockemu.hostbuffer import HostBuffer
 from formats.horcm import PairDef
 from formats.state_file import ReplicaOp
+from formats.wire import Op
 from nodeagent.replica import ReplicaOps
 
 from .conftest import ArrayProcess
@@ -76,4 +77,41 @@ async def test_unknown_groups_and_missing_pairs_are_reported(
             ops.of("nope")
         ok, what = await ops.run_replica(ReplicaOp.SPLIT, "db")
         assert not ok and "no pair on the array" in what
+        nursery.cancel_scope.cancel()
+
+
+async def test_drift_is_seen_and_reflect_runs_nothing(array: ArrayProcess, tmp_path: Path) -> None:
+    """D16: a split made on the array directly shows as drift; REFLECT touches no pair."""
+    async with open_client(array.unix) as admin:
+        for ldev in (0x10, 0x11, 0x20, 0x21):
+            await admin.create(ldev, 4 * MiB)
+        await admin.pair_create("00:10", "00:11", group=3)
+        await admin.pair_create("00:20", "00:21", group=3)
+    buffer = HostBuffer.load(tmp_path / "n1.buf", "n1")
+    conn = ArrayConnection(array.unix, host="n1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.run)
+        ops = ReplicaOps(conn, buffer, PAIRS)
+        assert await ops.drifted() == []  # paired, hidden, not in the buffer: consistent
+        async with open_client(array.unix) as admin:
+            await admin.pair_command(Op.PAIR_SPLIT, {"svol": "00:21"})
+            with trio.fail_after(30):
+                while (await admin.pair_display({"svol": "00:21"}))[0]["status"] != "PSUS":
+                    await trio.sleep(0.02)
+        assert await ops.drifted() == ["db"]
+        before = await conn.call(lambda c: c.pair_display())
+        ok, what = await ops.run_replica(ReplicaOp.REFLECT, "db")
+        assert ok and "nothing to run" in what
+        assert [r["status"] for r in await conn.call(lambda c: c.pair_display())] == [
+            r["status"] for r in before
+        ]  # 00:11 is still paired: REFLECT split nothing
+        ok, what = await ops.reflect("db")
+        assert ok, what
+        assert await ops.drifted() == []
+        entry = buffer.by_ldev(0x21)
+        assert entry is not None and entry.pvid.hex() == before[1]["svol_pvid"]
+        # The buffer holding an S-VOL the array hides again is drift too.
+        async with open_client(array.unix) as admin:
+            await admin.pair_command(Op.PAIR_RESYNC, {"svol": "00:21"})
+        assert await ops.drifted() == ["db"]
         nursery.cancel_scope.cancel()
