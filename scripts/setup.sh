@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 # fuse3: fusermount3 and /dev/fuse handling; libfuse3-dev + pkg-config + gcc:
 # building pyfuse3 where no wheel fits; util-linux/e2fsprogs: losetup, mkfs.ext4;
-# xfsprogs: reflink copies on an XFS image; iproute2: network-namespace labs.
-APT_PACKAGES="fuse3 libfuse3-dev pkg-config gcc python3-venv util-linux e2fsprogs xfsprogs iproute2"
+# xfsprogs: reflink copies on an XFS image; iproute2: network-namespace labs;
+# postgresql: the database the labs and tests run through the mounts (pgbench, pg_amcheck).
+APT_PACKAGES="fuse3 libfuse3-dev pkg-config gcc python3-venv util-linux e2fsprogs xfsprogs iproute2 postgresql"
 missing=()
 for pkg in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
