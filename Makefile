@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both run the
 # idempotent set-up first, so they work on a fresh Debian/Ubuntu machine.
 VENV := .venv
-PACKAGES := formats blockemu nodeagent
+PACKAGES := formats blockemu nodeagent cci
 LINTED := $(PACKAGES) tests bench
 
 .PHONY: setup demo test lint bench
