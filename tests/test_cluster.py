@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -337,6 +338,18 @@ def _array_cli(cluster: Cluster, *args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def everyone_knows(cluster: Cluster, expected: bytes | None) -> Callable[[], bool]:
+    """Every node's buffer holds the S-VOL under *expected* (None: holds no entry)."""
+
+    def check() -> bool:
+        entries = [svol_entry(a) for a in cluster.agents.values()]
+        if expected is None:
+            return all(e is None for e in entries)
+        return all(e is not None and e.pvid == expected for e in entries)
+
+    return check
+
+
 def test_a_split_made_on_the_array_directly_is_reflected_everywhere(cluster: Cluster) -> None:
     """D16: nobody asked nodeagent; the active notices and every buffer follows."""
     settled(cluster)
@@ -344,22 +357,50 @@ def test_a_split_made_on_the_array_directly_is_reflected_everywhere(cluster: Clu
     _array_cli(cluster, "pair", "split", "--svol", "00:11", "--wait")
     pvid = trio.run(admin_pvid, cluster.array, 0x11)
 
-    def everyone_knows(expected: bytes | None) -> Callable[[], bool]:
-        def check() -> bool:
-            entries = [svol_entry(a) for a in cluster.agents.values()]
-            if expected is None:
-                return all(e is None for e in entries)
-            return all(e is not None and e.pvid == expected for e in entries)
-
-        return check
-
-    cluster.wait(everyone_knows(pvid), "every node's buffer holds the split S-VOL")
+    cluster.wait(everyone_knows(cluster, pvid), "every node's buffer holds the split S-VOL")
     node1 = cluster.agents["node1"]
     assert [e["group"] for e in node1.events() if e["kind"] == "out_of_band"] == ["appvg"]
     cluster.wait(lambda: protocol_idle(cluster), "the REFLECT round is over")
     _array_cli(cluster, "pair", "resync", "--svol", "00:11", "--wait")
-    cluster.wait(everyone_knows(None), "every node forgot the re-formed S-VOL")
+    cluster.wait(everyone_knows(cluster, None), "every node forgot the re-formed S-VOL")
     # `nodeagent reflect` runs the same round on request, and there is nothing to change.
     again = replica(cluster, "node1", "reflect", "appvg", "--quiet")
     assert again.returncode == 0, again.stderr
-    assert everyone_knows(None)()
+    assert everyone_knows(cluster, None)()
+
+
+def test_a_cci_backup_script_bypassing_nodeagent_keeps_every_view_consistent(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """#8 + D16: `pairsplit`/`pairresync` of blockemu-cci on the node's own HORCM files."""
+    settled(cluster)
+    cluster.wait(lambda: protocol_idle(cluster), "every node at flag 0")
+    links, rundir = tmp_path / "cci-bin", tmp_path / "cci-run"
+    cci = Path(sys.executable).parent / "blockemu-cci"
+    subprocess.run([str(cci), "install-links", str(links)], check=True, capture_output=True)
+    env = {**os.environ, "PATH": f"{links}{os.pathsep}{os.environ['PATH']}",
+           "BLOCKEMU_ARRAY": str(cluster.array.unix), "BLOCKEMU_CCI_RUNDIR": str(rundir),
+           "BLOCKEMU_CCI_CONFDIR": str(cluster.agents["node1"].workdir)}  # fmt: skip
+    env.pop("HORCMINST", None)
+
+    def cci_cmd(*args: str) -> None:
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{args}: {done.stdout} {done.stderr}"
+
+    try:
+        cci_cmd("horcmstart.sh", "0", "1")
+        cci_cmd("pairsplit", "-g", "appvg", "-I0")
+        cci_cmd("pairevtwait", "-g", "appvg", "-s", "psus", "-t", "60", "-I0")
+        pvid = trio.run(admin_pvid, cluster.array, 0x11)
+        cluster.wait(everyone_knows(cluster, pvid), "every node learns the S-VOL split by CCI")
+        cluster.wait(lambda: protocol_idle(cluster), "the REFLECT round is over")
+        cci_cmd("pairresync", "-g", "appvg", "-I0")
+        cci_cmd("pairevtwait", "-g", "appvg", "-s", "pair", "-t", "60", "-I0")
+        cluster.wait(everyone_knows(cluster, None), "every node forgets the re-formed S-VOL")
+    finally:
+        subprocess.run(["horcmshutdown.sh", "0", "1"], env=env, capture_output=True, timeout=60)
+        for pidfile in rundir.glob("horcm*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(pidfile.read_text())
+                if b"cci.instance" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
