@@ -426,11 +426,15 @@ class Array:
         refused = [
             f"pair {p.name}: {d.reason}" for p, d in decisions if d.outcome is Outcome.REJECT
         ]
-        if command is Command.RESTORE:
+        # A restore from, or a delete of, a quick split still copying in the background
+        # would use or leave an S-VOL that only looks complete.
+        if command is Command.RESTORE or command is Command.DELETE:
             refused += [
                 f"pair {p.name}: the split copy is at {p.copy_percent()} %; wait for 100 %"
                 for p, d in decisions
-                if d.outcome is Outcome.ACCEPT and p.pending.count()
+                if d.outcome is Outcome.ACCEPT
+                and p.pending.count()
+                and (command is Command.RESTORE or p.status is PairStatus.PSUS)
             ]
         if refused:
             raise CommandRejected("; ".join(refused))

@@ -114,10 +114,15 @@ def test_quick_split_is_usable_at_once_with_copy_on_write(array: Array) -> None:
     assert read(array, S, 0, MiB) == data[:MiB]
     assert read(array, S, 2 * MiB, 11) == b"S-VOL write"
     assert read(array, S, 3 * MiB, MiB) == data[3 * MiB :]  # settled on read
+    # Deleting (or restoring from) the pair now would leave an S-VOL that only looks whole.
+    for command in (Command.DELETE, Command.RESTORE):
+        with pytest.raises(CommandRejected, match="split copy is at .* wait for 100 %"):
+            array.pair_command(command, [pair])
     pair.drain()
     assert pair.copy_percent() == 100
     assert raw(array, S, 0, 2 * MiB) == data[: 2 * MiB]
     assert raw(array, S, 3 * MiB, MiB) == data[3 * MiB :]
+    array.pair_command(Command.DELETE, [pair])  # complete now: accepted
 
 
 def test_resync_copies_only_changed_tracks_and_rejoins(array: Array) -> None:

@@ -386,8 +386,14 @@ class ReplicationMachine(RuleBasedStateMachine):
         before = pair.status
         was_pending = pair.pending.count()
         decision = decide(before, command)
+        # A quick split still copying cannot be restored from or deleted (its S-VOL is not whole).
+        unfinished = decision.outcome is Outcome.ACCEPT and was_pending > 0
         rejected = decision.outcome is Outcome.REJECT or (
-            command is Command.RESTORE and decision.outcome is Outcome.ACCEPT and was_pending > 0
+            unfinished
+            and (
+                command is Command.RESTORE
+                or (command is Command.DELETE and before is PairStatus.PSUS)
+            )
         )
         raw_before = {ldev: self.raw(ldev) for ldev in (p, s)}
         try:
