@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import trio
 
+from .netguard import acheck_tcp_target
+
 ENV_VAR = "BLOCKEMU_ARRAY"
 
 
@@ -54,7 +56,13 @@ def default_address() -> Address:
 
 
 async def open_stream(addr: Address) -> trio.SocketStream:
-    """Connect to *addr*; OSError carries a message naming the address."""
+    """Connect to *addr*; OSError carries a message naming the address.
+
+    A TCP address inside a running lab's subnet is refused from the root network
+    namespace before any socket exists (:mod:`blockemu.netguard`).
+    """
+    if addr.kind == "tcp":
+        await acheck_tcp_target(addr.host, addr.port)
     try:
         if addr.kind == "unix":
             return await trio.open_unix_socket(addr.path)

@@ -19,7 +19,7 @@ from rich.table import Table
 from formats.units import format_ldev, format_size
 from formats.volume_header import VolumeHeader, header_to_dict
 
-from . import __version__, cli_host, cli_pair
+from . import __version__, cli_host, cli_lab, cli_pair
 from .address import ENV_VAR, parse_address
 from .client import ArrayClient
 from .cliutil import (
@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_pair.add_commands(sub, vsub, client_opts, EPILOG)
     cli_host.add_commands(sub, client_opts, EPILOG)
     cli_host.add_attach(sub, EPILOG)
+    cli_lab.add_commands(sub)
     return parser
 
 

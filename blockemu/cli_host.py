@@ -185,7 +185,8 @@ def cmd_attach(args: argparse.Namespace) -> None:
         )
 
     try:
-        run_trio(run_attach, addr, args.host, key, buf, args.mountpoint, announce)
+        run_trio(run_attach, addr, args.host, key, buf, args.mountpoint, announce,
+                 args.exit_with)  # fmt: skip
     finally:
         if args.pid_file:
             Path(args.pid_file).unlink(missing_ok=True)
@@ -213,6 +214,8 @@ def add_attach(
                         help=f"the buffer file (default ${ENV_BUFFER}, else "
                         "/var/lib/blockemu/HOST.buf)")  # fmt: skip
     attach.add_argument("--foreground", action="store_true", help="do not detach")
+    attach.add_argument("--exit-with", type=int, metavar="PID",
+                        help="unmount and exit when process PID ends, however")  # fmt: skip
     attach.add_argument("--pid-file", metavar="FILE", help="write the daemon's pid here")
     attach.add_argument("--log-file", metavar="FILE", help="log here when detached")
     attach.add_argument("--log-level", default="info",

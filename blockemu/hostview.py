@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -114,6 +115,22 @@ class HostBackend:
             raise await self._refused(entry, exc) from None
 
 
+async def _end_with(pid: int, scope: trio.CancelScope) -> None:
+    """Cancel *scope* when process *pid* exits (a pidfd becomes readable then)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        log.info("process %d is gone already: unmounting", pid)
+        scope.cancel()
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+        log.info("process %d ended: unmounting", pid)
+        scope.cancel()
+    finally:
+        os.close(fd)
+
+
 async def run_attach(
     addr: Address,
     host: str,
@@ -121,11 +138,19 @@ async def run_attach(
     buffer: HostBuffer,
     mountpoint: str,
     announce: Callable[[], None],
+    exit_with: int | None = None,
 ) -> None:
-    """What `blockemu attach` runs: connect, mount, serve until SIGTERM/SIGINT, unmount."""
+    """What `blockemu attach` runs: connect, mount, serve until SIGTERM/SIGINT, unmount.
+
+    With *exit_with* (a PID, e.g. the cluster agent that started us) it also
+    unmounts and returns when that process ends, however it ends: a node's
+    host view goes away with its agent, as on a crashed machine.
+    """
     backend = HostBackend(addr, host, key, buffer)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
+            if exit_with is not None:
+                nursery.start_soon(_end_with, exit_with, nursery.cancel_scope)
             await nursery.start(backend.run)
             await nursery.start(
                 lambda task_status: run_mount(

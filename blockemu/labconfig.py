@@ -169,3 +169,58 @@ def write_node_configs(layout: LabLayout) -> None:
             directory = "hooks"
             """)
         layout.node_config(node.id).write_text(config + peers)
+
+
+# -- the standard lab topology (namespace lab, Vagrant lab) ------------------------------------
+
+#: The replica group of a standard lab: its pairs split and resync together.
+LAB_GROUP = "labvg"
+#: P-VOLs are 00:10, 00:11, ...; their S-VOLs 00:20, 00:21, ...
+LAB_PVOL_BASE, LAB_SVOL_BASE = 0x10, 0x20
+MAX_LAB_PAIRS = 16
+
+
+def lab_node_ids(count: int) -> list[str]:
+    """node1..nodeN: every lab names its nodes the same way, so commands read the same."""
+    if not 1 <= count <= 64:
+        raise ValueError(f"a lab has 1 to 64 nodes, not {count}")
+    return [f"node{i}" for i in range(1, count + 1)]
+
+
+def lab_pairs(count: int) -> list[LabPair]:
+    """*count* pairs in one replica group (a consistency group: one split instant)."""
+    if not 1 <= count <= MAX_LAB_PAIRS:
+        raise ValueError(f"a lab has 1 to {MAX_LAB_PAIRS} pairs, not {count}")
+    return [
+        LabPair(LAB_GROUP, f"labdev{i + 1}", LAB_PVOL_BASE + i, LAB_SVOL_BASE + i)
+        for i in range(count)
+    ]
+
+
+def standard_layout(
+    directory: Path,
+    *,
+    array_address: str,
+    node_listen: dict[str, str],
+    pairs: int = 1,
+    reflection: str = "eager",
+    heartbeat_interval: float = 0.5,
+    heartbeat_misses: int = 3,
+) -> LabLayout:
+    """The layout of a lab whose nodes are *node_listen*'s keys, in priority order.
+
+    The first node has the highest priority (it becomes the active when all
+    start together; no failback after). Labs on one machine (namespaces) and on
+    several (Vagrant) call this with their own addresses and get the same files.
+    """
+    ids = list(node_listen)
+    nodes = [LabNode(n, 10 * (len(ids) - i), node_listen[n]) for i, n in enumerate(ids)]
+    return LabLayout(
+        directory,
+        array_address=array_address,
+        nodes=nodes,
+        pairs=lab_pairs(pairs),
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_misses=heartbeat_misses,
+        reflection=reflection,
+    )

@@ -37,7 +37,6 @@ with the protocol's Reply.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import math
@@ -77,6 +76,8 @@ EXIT_LEFT = 75
 #: How often (at least) the idle active compares its buffer with the array (D16), and how
 #: long it waits before reflecting the same group again if the difference stays.
 OBSERVE_INTERVAL, OBSERVE_BACKOFF = 0.5, 5.0
+#: Seconds between restarts of a host-view attach that keeps dying.
+ATTACH_RETRY = 5.0
 _ROLE_TO_STATE = {Role.ACTIVE: NodeRole.ACTIVE, Role.STANDBY: NodeRole.STANDBY}
 
 
@@ -122,6 +123,7 @@ class Agent:
         #: Peers whose frames we drop and do not send to (fault injection: a partition).
         self.blocked: set[str] = set()
         self._attach: trio.Process | None = None
+        self._attach_started = 0.0
         self._switchover_to: str | None = None
         #: After handing the active role over: do not contest before this (monotonic).
         self._handover_until = 0.0
@@ -209,6 +211,7 @@ class Agent:
             self._heartbeat()
             try:
                 await self._step()
+                await self._keep_attached()
             except Left:
                 return
             await trio.sleep(interval)
@@ -439,25 +442,40 @@ class Agent:
         context.setdefault("epoch", self.membership.epoch)
         return await self.hooks.run(hook, **context)
 
+    async def _keep_attached(self) -> None:
+        """An attach that died (killed, or its mount forced away) is started again, at
+        most every :data:`ATTACH_RETRY` seconds, while this node has a role."""
+        if self.membership.role not in (Role.ACTIVE, Role.STANDBY):
+            return
+        if self._attach is None or self._attach.returncode is None:
+            return
+        if time.monotonic() - self._attach_started < ATTACH_RETRY:
+            return
+        self.events.emit("attach_died", pid=self._attach.pid, returncode=self._attach.returncode)
+        await self._ensure_attached()
+
     async def _ensure_attached(self) -> None:
-        """Keep `blockemu attach` running on the host view (it dies with us)."""
+        """Keep `blockemu attach` running on the host view; it watches our PID and unmounts
+        when we end, even by SIGKILL (PR_SET_PDEATHSIG would fire when the trio worker
+        thread that forked it exits, not when we do)."""
         if self._attach is not None and self._attach.returncode is None:
             return
         self.config.host_view.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "blockemu", "attach", str(self.config.host_view),
                "--foreground", "--array", self.config.array.address,
                "--host", self.config.array.host_id, "--buffer", str(self.config.buffer_file),
-               "--log-level", "warning"]  # fmt: skip
+               "--log-level", "warning", "--exit-with", str(os.getpid())]  # fmt: skip
         if self.config.array.key_file:
             cmd += ["--key-file", str(self.config.array.key_file)]
         log_path = self.config.state_file.with_name(f"{self.config.id}.attach.log")
         out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             self._attach = await trio.lowlevel.open_process(
-                cmd, stdout=subprocess.DEVNULL, stderr=out, preexec_fn=_die_with_parent
+                cmd, stdout=subprocess.DEVNULL, stderr=out
             )
         finally:
             os.close(out)
+        self._attach_started = time.monotonic()
         self.events.emit("attach", pid=self._attach.pid, mountpoint=str(self.config.host_view))
 
     async def _stop_attach(self) -> None:
@@ -601,15 +619,6 @@ class Agent:
         self.events.emit("role_change", **{"from": "active", "to": "standby", "epoch": m.epoch,
                                            "reason": f"switchover to {target}"})  # fmt: skip
         return {"ok": True, "to": target}
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the agent dies (even by SIGKILL)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 async def control_request(

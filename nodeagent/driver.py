@@ -294,7 +294,7 @@ class ProtocolDriver:
             if action.node not in agent.blocked:
                 agent.links.send(action.node, FrameType[action.type.name], action.body.to_dict(),
                                  epoch=agent.membership.epoch)  # fmt: skip
-            self._event("send", to=action.node, type=action.type.value, seq=action.body.seq)
+            self._event("send", to=action.node, type=action.type.value, round=action.body.seq)
         elif isinstance(action, p.RunReplica | p.Reflect):
             assert self._nursery is not None
             self._event("call", call=type(action).__name__, group=action.group)

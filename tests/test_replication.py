@@ -116,7 +116,7 @@ def test_quick_split_is_usable_at_once_with_copy_on_write(array: Array) -> None:
     assert read(array, S, 3 * MiB, MiB) == data[3 * MiB :]  # settled on read
     # Deleting (or restoring from) the pair now would leave an S-VOL that only looks whole.
     for command in (Command.DELETE, Command.RESTORE):
-        with pytest.raises(CommandRejected, match="split copy is at .* wait for 100 %"):
+        with pytest.raises(CommandRejected, match=r"split copy is at .* wait for 100 %"):
             array.pair_command(command, [pair])
     pair.drain()
     assert pair.copy_percent() == 100
