@@ -64,6 +64,7 @@ from typing import Any
 import trio
 
 from blockemu.address import Address, open_listeners
+from blockemu.netguard import acheck_tcp_target
 from formats.peer_frame import (
     FrameDecoder,
     MsgType,
@@ -445,6 +446,9 @@ async def _watch_loop(stream: trio.SocketStream) -> str:
 async def _connect(address: Address) -> trio.SocketStream:
     if address.kind == "unix":
         return await trio.open_unix_socket(address.path)
+    # A lab address from outside the lab's namespaces would leave the machine: refused
+    # (a ConnectionError, retried with backoff like any failed connect).
+    await acheck_tcp_target(address.host, address.port)
     return await trio.open_tcp_stream(address.host, address.port)
 
 
