@@ -44,6 +44,7 @@ from typing import Any
 import trio
 
 from formats.units import format_ldev
+from formats.wire import Op
 
 from . import labproc, netguard, netns
 from .address import parse_address
@@ -303,6 +304,15 @@ async def _make_volumes(state: LabState, layout: LabLayout, opts: LabOptions) ->
             while True:
                 rows = await admin.pair_display({"group": ARRAY_GROUP})
                 if rows and all(r["status"] == "PAIR" and r["copy_percent"] == 100 for r in rows):
+                    break
+                await trio.sleep(0.05)
+            if not opts.initial_split:
+                return rows
+            # A first backup already exists: the hosts' install-time scan will see it.
+            await admin.pair_command(Op.PAIR_SPLIT, {"group": ARRAY_GROUP})
+            while True:
+                rows = await admin.pair_display({"group": ARRAY_GROUP})
+                if all(r["status"] == "PSUS" and r["copy_percent"] == 100 for r in rows):
                     return rows
                 await trio.sleep(0.05)
 

@@ -58,6 +58,8 @@ class LabOptions:
     heartbeat_interval: float = 0.5
     heartbeat_misses: int = 3
     timeout: float = 60.0
+    #: Split the pairs before the hosts scan (a first backup exists at install time).
+    initial_split: bool = False
 
 
 # -- state -------------------------------------------------------------------------------------

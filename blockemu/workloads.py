@@ -29,6 +29,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +151,10 @@ class PostgresError(RuntimeError):
 class Postgres:
     """One PostgreSQL cluster in *data* (run as the ``postgres`` user when we are root)."""
 
-    def __init__(self, data: Path, *, port: int, socket_dir: Path) -> None:
+    def __init__(
+        self, data: Path, *, port: int, socket_dir: Path, prefix: Sequence[str] = ()
+    ) -> None:
+        """*prefix* runs every command through e.g. ``nsenter --net=...`` (a lab node)."""
         bindir = postgres_bindir()
         if bindir is None:
             raise PostgresError("PostgreSQL is not installed: apt-get install postgresql")
@@ -158,9 +162,11 @@ class Postgres:
         self.data = Path(data)
         self.port = port
         self.socket_dir = Path(socket_dir)
+        self.prefix = list(prefix)
 
     def _as_owner(self, *cmd: str) -> list[str]:
-        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
+        owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        return [*self.prefix, *owner, *cmd]
 
     def _run(self, *cmd: str, timeout: float = 300) -> str:
         proc = subprocess.run(self._as_owner(*cmd), capture_output=True, text=True,
@@ -198,8 +204,13 @@ class Postgres:
 
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.socket_dir} -c listen_addresses='' -c fsync=on"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-w", "-t", "120",
-                  "-l", str(self.data / "server.log"), "start")  # fmt: skip
+        log = self.data / "server.log"
+        try:
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-w",
+                      "-t", "120", "-l", str(log), "start")  # fmt: skip
+        except PostgresError as exc:
+            tail = log.read_text(errors="replace").strip().splitlines()[-8:] if log.exists() else []
+            raise PostgresError(f"{exc}; {log}: " + " | ".join(tail)) from None
 
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
@@ -209,6 +220,10 @@ class Postgres:
             return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return None
+
+    def argv(self, tool: str, *args: str) -> list[str]:
+        """A client tool's full command line (prefix, owner, connection options)."""
+        return self._as_owner(*self._client(tool), *args)
 
     def _client(self, tool: str) -> list[str]:
         return [str(self.bin / tool), "-h", str(self.socket_dir), "-p", str(self.port)]
