@@ -95,6 +95,7 @@ class Array:
         return self.store.root / "pairs"
 
     def close(self) -> None:
+        self.reservations.save()  # changes not yet made durable by a group commit
         for pair in self.pairs.values():
             pair.close()
         self.store.close()

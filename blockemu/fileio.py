@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import threading
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -60,7 +61,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
     directory: the state files, buffers and tables that must never be torn.
     """
     path = os.fspath(path)
-    tmp = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.{os.getpid()}.tmp"
+    # Unique per process and thread: two writers of one file never share a temp file.
+    tmp = (f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}."
+           f"{os.getpid()}.{threading.get_ident()}.tmp")  # fmt: skip
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)

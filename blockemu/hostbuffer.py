@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from formats.errors import FormatError
@@ -117,11 +118,25 @@ class HostBuffer:
 
     def store(self, ldev: int, pvid: bytes, info: VolumeInfo) -> BufferEntry:
         """Record (PVID, info) for *ldev*, keeping its device name or giving it a new one."""
-        old = self.by_ldev(ldev)
-        device = old.device if old else self._free_name()
-        entry = BufferEntry(device, ldev, pvid, info)
-        self._save([e for e in self._data.entries if e.ldev != ldev] + [entry])
-        return entry
+        return self.update([(ldev, pvid, info)], [])[0]
+
+    def update(
+        self, stores: Sequence[tuple[int, bytes, VolumeInfo]], forgets: Sequence[int]
+    ) -> list[BufferEntry]:
+        """Store (LDEV, PVID, info) records, keeping each device name or giving a new one,
+        and forget LDEVs, in one write (one fsync): a reflection of a 64-pair group
+        rewrites the buffer once, not 64 times. Nothing to change: nothing written."""
+        gone = set(forgets)
+        entries = {e.ldev: e for e in self._data.entries if e.ldev not in gone}
+        stored = []
+        for ldev, pvid, info in stores:
+            old = entries.get(ldev)
+            name = old.device if old else _free_name({e.device for e in entries.values()})
+            entries[ldev] = BufferEntry(name, ldev, pvid, info)
+            stored.append(entries[ldev])
+        if stores or len(entries) != len(self._data.entries):
+            self._save(list(entries.values()))
+        return stored
 
     def forget(self, target: str | int) -> BufferEntry:
         """Drop one device (a paired S-VOL is hidden: the host must not use it)."""
@@ -134,23 +149,21 @@ class HostBuffer:
         entries = []
         names = {e.ldev: e.device for e in self._data.entries}
         used = set(names.values())
-        counter = 0
         for h in headers:
             name = names.get(h.ldev)
             if name is None:
-                while f"{DEVICE_PREFIX}{counter}" in used:
-                    counter += 1
-                name = f"{DEVICE_PREFIX}{counter}"
+                name = _free_name(used)
                 used.add(name)
             entries.append(BufferEntry(name, h.ldev, h.pvid, h.info))
         self._save(entries)
 
-    def _free_name(self) -> str:
-        used = {e.device for e in self._data.entries}
-        n = 0
-        while f"{DEVICE_PREFIX}{n}" in used:
-            n += 1
-        return f"{DEVICE_PREFIX}{n}"
+
+def _free_name(used: set[str]) -> str:
+    """The lowest hdiskN not in *used* (as AIX's cfgmgr numbers disks)."""
+    n = 0
+    while f"{DEVICE_PREFIX}{n}" in used:
+        n += 1
+    return f"{DEVICE_PREFIX}{n}"
 
 
 def _device_order(entry: BufferEntry) -> tuple[int, str]:
@@ -189,6 +202,13 @@ async def refresh(
     on the volume while it reads the info, and releases it after.
     """
     ldev = target if isinstance(target, int) else buffer.lookup(target).ldev
+    header = await read_identity(array, ldev, take_control=take_control)
+    return buffer.store(ldev, header.pvid, header.info)
+
+
+async def read_identity(array: ArrayClient, ldev: int, *, take_control: bool) -> VolumeHeader:
+    """The volume's header as a host may cache it: PVID read by physical name, then the
+    info (holding the control right meanwhile if *take_control*). HiddenVolume if paired."""
     pvid = await array.read_pvid(ldev)
     if take_control:
         await array.reserve(ldev)
@@ -207,4 +227,4 @@ async def refresh(
             "LDEV %s changed identity while being refreshed; storing the newer one",
             format_ldev(ldev),
         )
-    return buffer.store(ldev, header.pvid, header.info)
+    return header

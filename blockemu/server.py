@@ -299,12 +299,12 @@ class ArrayServer:
 
     def _reserve(self, conn: Connection, frame: Frame) -> bytes:
         self.array.store.get(frame.ldev)
-        self.array.reservations.reserve(frame.ldev, conn.host)
+        self.array.reservations.reserve(frame.ldev, conn.host, save=False)
         return b""
 
     def _release(self, conn: Connection, frame: Frame) -> bytes:
         self.array.store.get(frame.ldev)
-        self.array.reservations.release(frame.ldev, conn.host)
+        self.array.reservations.release(frame.ldev, conn.host, save=False)
         return b""
 
     def _reservation(self, conn: Connection, frame: Frame) -> bytes:
@@ -314,7 +314,7 @@ class ArrayServer:
 
     def _preempt(self, conn: Connection, frame: Frame) -> bytes:
         self.array.store.get(frame.ldev)
-        previous = self.array.reservations.preempt(frame.ldev, conn.host)
+        previous = self.array.reservations.preempt(frame.ldev, conn.host, save=False)
         if previous and previous != conn.host:
             log.warning(
                 "host %r preempted host %r on LDEV %s", conn.host, previous, format_ldev(frame.ldev)
@@ -471,6 +471,17 @@ class ArrayServer:
             status, payload = await self.flush(conn, frame)
             await respond(frame, status, payload)
 
+        async def persist_and_respond(frame: Frame, payload: bytes) -> None:
+            """A reservation change is acknowledged once it is on disk (group commit)."""
+            try:
+                await self.array.reservations.durable()
+            except OSError as exc:
+                log.error("cannot persist the reservation table: %s", exc)
+                err = VolumeIOError(f"reservation table not saved: {exc}")
+                await respond(frame, err.status, str(err).encode())
+                return
+            await respond(frame, Status.OK, payload)
+
         async def receive_loop(nursery: trio.Nursery) -> None:
             reader = FrameReader()
             while True:
@@ -491,6 +502,8 @@ class ArrayServer:
                     status, payload = self.handle(conn, frame)
                     if status == Status.OK and frame.op == Op.WRITE and frame.flags & Flag.FUA:
                         nursery.start_soon(flush_and_respond, frame)
+                    elif status == Status.OK and frame.op in _RESERVATION_CHANGES:
+                        nursery.start_soon(persist_and_respond, frame, payload)
                     else:
                         await respond(frame, status, payload)
                     if conn.hang_up:
@@ -511,6 +524,10 @@ class ArrayServer:
             log.info("%s: connection lost", peer)
         finally:
             await trio.aclose_forcefully(stream)
+
+
+#: Requests that change the reservation table: answered once it is durable.
+_RESERVATION_CHANGES = frozenset({Op.RESERVE, Op.RELEASE, Op.PREEMPT})
 
 
 def _op_name(frame: Frame) -> str:

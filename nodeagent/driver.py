@@ -66,7 +66,7 @@ from formats.units import format_ldev
 
 from . import protocol as p
 from .hooks import Hook
-from .replica import ReplicaOps
+from .replica import ReplicaOps, each_concurrently
 from .statefile import save_state
 
 if TYPE_CHECKING:
@@ -347,14 +347,17 @@ class ProtocolDriver:
 
     async def _control(self, group: str, *, take: bool) -> None:
         """Release the scope's S-VOLs, or take them back by preempting (fencing any holder)."""
-        for ldev in sorted(self._svols(group)):
-            op = "preempt" if take else "release"
+        op = "preempt" if take else "release"
+
+        async def one(ldev: int) -> None:
             try:
                 await self.agent._array_call(
-                    op, ldev, lambda c, x=ldev: c.preempt(x) if take else c.release(x)
+                    op, ldev, lambda c: c.preempt(ldev) if take else c.release(ldev)
                 )
             except (ArrayError, ArrayUnavailable) as exc:
                 log.warning("cannot %s S-VOL %s: %s", op, format_ldev(ldev), exc)
+
+        await each_concurrently(sorted(self._svols(group)), one)
 
     async def _call(self, call: p.RunReplica | p.Reflect) -> None:
         ok, detail = False, ""
@@ -373,7 +376,9 @@ class ProtocolDriver:
             else:
                 self.buffer.reload_if_changed()
                 ok, detail = await self.ops.reflect(call.group)
-        except (ArrayError, ArrayUnavailable, OSError, KeyError, trio.TooSlowError) as exc:
+        except Exception as exc:  # a call reports failure; it must never kill the driver
+            if not isinstance(exc, ArrayError | ArrayUnavailable | OSError | trio.TooSlowError):
+                log.exception("unexpected error in %s", name)
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         result: p.Event = (
             p.ArrayResult(ok, detail)

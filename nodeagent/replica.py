@@ -21,7 +21,9 @@ a paired one is hidden, so its entry is forgotten.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import random
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -29,11 +31,10 @@ import trio
 from blockemu.client import ArrayClient
 from blockemu.connection import ArrayConnection
 from blockemu.errors import ArrayError, ReservationConflict
-from blockemu.hostbuffer import HostBuffer, refresh
+from blockemu.hostbuffer import HiddenVolume, HostBuffer, read_identity
 from formats.horcm import PairDef
 from formats.state_file import ReplicaOp
 from formats.units import format_ldev
-from formats.volume_header import Attr
 from formats.wire import Op
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ log = logging.getLogger(__name__)
 #: How long a steady split may take to reach PSUS before it counts as failed.
 SPLIT_TIMEOUT = 600.0
 #: A visible S-VOL held by another host (a standby reflecting it too): tries, pause between.
-REFLECT_TRIES = 10
-REFLECT_RETRY_DELAY = 0.05
+REFLECT_TRIES = 40
+REFLECT_RETRY_DELAY = 0.02
+#: Array calls a reflection or a control-right change has in flight at once.
+CONCURRENCY = 8
 #: Pair states in which the S-VOL is hidden from hosts (blockemu.replication.HIDDEN_STATES).
 HIDDEN_STATES = frozenset({"COPY", "PAIR", "COPY_SP", "COPY_RS", "COPY_RS_R"})
 _SPLIT_DONE = {"PSUS"}
@@ -152,12 +155,14 @@ class ReplicaOps:
 
     async def control(self, group: str, *, take: bool) -> None:
         """Take (reserve) or release this host's control right on the group's S-VOLs."""
-        for p in self.of(group):
 
-            async def call(c: ArrayClient, ldev: int = p.svol_ldev) -> None:
+        async def one(ldev: int) -> None:
+            async def call(c: ArrayClient) -> None:
                 await (c.reserve(ldev) if take else c.release(ldev))
 
             await self.array.call(call)
+
+        await each_concurrently([p.svol_ldev for p in self.of(group)], one)
 
     async def reflect(self, group: str) -> tuple[bool, str]:
         """Make this host's buffer match the array for every S-VOL of *group*.
@@ -165,48 +170,75 @@ class ReplicaOps:
         Whether an S-VOL is hidden is read from its pair's state (the pair
         display answers while another host holds the S-VOL's control right,
         e.g. the active after a resync); an S-VOL without a pair row is asked
-        directly. A visible S-VOL held by another host reflecting at the same
-        moment is tried again a few times before the reflection fails.
+        directly, and one that turns out hidden while being read (resynced
+        meanwhile) is forgotten. The S-VOLs are read concurrently (the client
+        pipelines), each host starting at a different one so that standbys
+        reflecting at the same moment rarely reach for the same control
+        right; one held by another host is tried again after a short random
+        pause. The buffer is written once, at the end.
         """
-        done = []
         try:
             pairs = self.of(group)
             rows = await self._rows(pairs)
+            hidden: list[int] = []
+            visible: list[int] = []
             for p in pairs:
-                ldev = p.svol_ldev
                 row = rows.get(_key(p))
-                if row is not None:
-                    hidden = row["status"] in HIDDEN_STATES
+                if row is not None and row["status"] in HIDDEN_STATES:
+                    hidden.append(p.svol_ldev)
                 else:
+                    visible.append(p.svol_ldev)
+            headers: dict[int, Any] = {}
 
-                    async def show(c: ArrayClient, x: int = ldev) -> Any:
-                        return await c.show(x)
+            async def read(ldev: int) -> None:
+                try:
+                    headers[ldev] = await self._read(ldev)
+                except HiddenVolume:
+                    hidden.append(ldev)
 
-                    header = await self.array.call(show)
-                    hidden = bool(header.info.attributes & Attr.HIDDEN)
-                if hidden:
-                    if self.buffer.by_ldev(ldev) is not None:
-                        self.buffer.forget(ldev)
-                    done.append(f"{format_ldev(ldev)} forgotten (paired)")
-                else:
-                    entry = await self._refresh(ldev)
-                    done.append(f"{format_ldev(ldev)} -> {entry.device} PVID {entry.pvid.hex()}")
+            start = zlib.crc32(self.buffer.host.encode()) % max(len(visible), 1)
+            await each_concurrently(visible[start:] + visible[:start], read)
+            stored = self.buffer.update(
+                [(x, h.pvid, h.info) for x, h in sorted(headers.items())], hidden
+            )
         except (ArrayError, OSError, KeyError) as exc:
             return False, f"reflection of {group or 'all groups'} failed: {exc}"
+        done = [f"{format_ldev(e.ldev)} -> {e.device} PVID {e.pvid.hex()}" for e in stored]
+        done += [f"{format_ldev(x)} forgotten (paired)" for x in sorted(hidden)]
         return True, "; ".join(done)
 
-    async def _refresh(self, ldev: int) -> Any:
-        async def do_refresh(c: ArrayClient) -> Any:
-            return await refresh(c, self.buffer, ldev, take_control=True)
+    async def _read(self, ldev: int) -> Any:
+        async def do_read(c: ArrayClient) -> Any:
+            return await read_identity(c, ldev, take_control=True)
 
         for attempt in range(REFLECT_TRIES):
             try:
-                return await self.array.call(do_refresh)
+                return await self.array.call(do_read)
             except ReservationConflict:
                 if attempt + 1 == REFLECT_TRIES:
                     raise
-                await trio.sleep(REFLECT_RETRY_DELAY)
+                await trio.sleep(random.uniform(0.2, 1.0) * REFLECT_RETRY_DELAY)
         raise AssertionError("unreachable")
+
+
+async def each_concurrently(items: Sequence[int], fn: Callable[[int], Awaitable[None]]) -> None:
+    """fn(item) for every item, at most :data:`CONCURRENCY` at a time; the first error
+    cancels the rest and is raised as itself (not wrapped in a group)."""
+    limit = trio.CapacityLimiter(CONCURRENCY)
+
+    async def run(item: int) -> None:
+        async with limit:
+            await fn(item)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for item in items:
+                nursery.start_soon(run, item)
+    except BaseExceptionGroup as group:
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 def _ldev(name: str) -> int:

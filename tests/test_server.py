@@ -154,6 +154,30 @@ async def test_sigkill_loses_no_acknowledged_write(array: ArrayProcess) -> None:
             assert await client.read(h.ldev, h.pvid, off, 4096) == data
 
 
+async def test_acknowledged_reservation_changes_survive_sigkill(array: ArrayProcess) -> None:
+    """Group commit: many concurrent reserve/release/preempt, each acked only once durable."""
+    async with open_client(array.unix) as admin:
+        for ldev in range(0x40, 0x60):
+            await admin.create(ldev, MiB)
+    async with open_client(array.unix) as a, open_client(array.unix) as b:
+        await a.hello("hostA")
+        await b.hello("hostB")
+        async with trio.open_nursery() as nursery:  # pipelined: one commit covers many
+            for ldev in range(0x40, 0x60):
+                nursery.start_soon(a.reserve, ldev)
+        async with trio.open_nursery() as nursery:
+            for ldev in range(0x40, 0x50):
+                nursery.start_soon(a.release, ldev)
+            for ldev in range(0x50, 0x58):
+                nursery.start_soon(b.preempt, ldev)
+    array.kill()  # SIGKILL right after the last acknowledgement
+    array.start()
+    async with open_client(array.unix) as admin:
+        holders = {ldev: (await admin.reservation(ldev))[0] for ldev in range(0x40, 0x60)}
+    expected = {**dict.fromkeys(range(0x40, 0x50)), **dict.fromkeys(range(0x50, 0x58), "hostB")}
+    assert holders == {**expected, **dict.fromkeys(range(0x58, 0x60), "hostA")}
+
+
 async def test_sigterm_stops_cleanly_and_removes_the_socket(array: ArrayProcess) -> None:
     assert array.sock.exists()
     assert array.terminate() == 0
