@@ -35,3 +35,10 @@ bench-fuse: setup
 .PHONY: bench-failover
 bench-failover: setup
 	$(VENV)/bin/python bench/failover.py
+
+.PHONY: bench-protocol bench-lab
+bench-protocol: setup
+	$(VENV)/bin/python bench/protocol.py
+
+bench-lab: setup
+	$(VENV)/bin/python bench/lab_takeover.py
