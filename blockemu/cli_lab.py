@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from rich.table import Table
 from formats.node_config import REFLECTION_MODES
 from formats.units import format_size
 
-from . import lab, labnode, labstate, netns
+from . import lab, labconfig, labnode, labstate, netns
+from .address import parse_address
 from .cliutil import EXIT_CODES, emit_json, err_console, out_console, size_arg
 
 LAB_EPILOG = """\
@@ -167,6 +169,56 @@ def cmd_heal(args: argparse.Namespace) -> None:
 
 def cmd_down(args: argparse.Namespace) -> None:
     lab.down(_dir(args))
+
+
+def _tcp(text: str, port: int) -> str:
+    """``HOST`` (the lab's default *port*) or ``tcp:HOST:PORT``, checked."""
+    if not text.startswith("tcp:") and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", text):
+        raise ValueError(f"{text!r} is not an IPv4 address or host name (or tcp:HOST:PORT)")
+    address = text if text.startswith("tcp:") else f"tcp:{text}:{port}"
+    parse_address(address)  # ValueError: exit 2, with the reason
+    return address
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    """Write a lab's configs with the generator the namespace lab uses (one generator, two
+    labs): the Vagrant lab's provisioning runs this on every VM."""
+    node_listen: dict[str, str] = {}
+    for item in args.node:
+        name, sep, where = item.partition("=")
+        if not sep or not name or not where:
+            raise ValueError(f"--node {item!r}: write NAME=IP or NAME=tcp:HOST:PORT")
+        if name in node_listen:
+            raise ValueError(f"--node {name} given twice")
+        node_listen[name] = _tcp(where, labstate.PEER_PORT)
+    out = Path(args.out).resolve()  # the hooks log to an absolute path
+    layout = labconfig.standard_layout(
+        out,
+        array_address=_tcp(args.array_address, labstate.ARRAY_PORT),
+        node_listen=node_listen,
+        pairs=args.pairs,
+        reflection=args.reflection,
+        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_misses=args.heartbeat_misses,
+    )
+    if args.member is not None:
+        labconfig.member_files(layout, args.member)  # an unknown member: before writing
+    if args.keys_from:
+        try:
+            keys = labconfig.read_keys(Path(args.keys_from), labconfig.lab_key_names(layout))
+        except ValueError as exc:
+            raise labstate.LabError(str(exc)) from None
+        labconfig.write_layout_keys(layout, keys)
+    else:
+        labconfig.write_layout(layout)
+    if args.member is not None:
+        labconfig.prune_to_member(layout, args.member)
+    files = labconfig.member_files(layout, args.member) if args.member else (
+        labconfig.all_files(layout))  # fmt: skip
+    print(f"rendered {len(files)} file(s) of {args.member or 'the whole lab'} in {out}: "
+          f"array {layout.array_address}, "
+          f"{', '.join(f'{n.id} {n.listen}' for n in layout.nodes)}, "
+          f"{len(layout.pairs)} pair(s), reflection {layout.reflection}")  # fmt: skip
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -377,3 +429,40 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "namespaces and its registry entry. Idempotent; also cleans a half-built lab. Files "
         "in DIR are kept (logs, volumes); the next `lab up` on DIR replaces them.",
     )
+    rd = lsub.add_parser(
+        "render",
+        help="write a lab's configs only (keys, hosts.toml, node.toml, HORCM, hooks)",
+        description="Write the files `lab up` writes -- keys, the array's hosts.toml, each "
+        "node's node.toml, HORCM files and hooks -- for the addresses given, with the same "
+        "generator, and start nothing. The Vagrant lab (vagrant/) runs this on every VM with "
+        "--keys-from (keys made once, shared) and --member (only that machine's files). "
+        "Re-rendering rewrites the configs and keeps a node's buffer, state and event log.",
+        epilog="example:\n  blockemu lab render --out /var/lib/blockemu/lab --array-address "
+        "192.168.56.10 \\\n      --node node1=192.168.56.11 --node node2=192.168.56.12 "
+        "--keys-from keys/ --member node1\n\nexit codes: 0 ok, 1 unusable keys, 2 usage",
+        formatter_class=fmt,
+    )
+    rd.set_defaults(func=run, lab_func=cmd_render)
+    rd.add_argument("--out", required=True, metavar="DIR", help="where to write (created)")
+    rd.add_argument("--array-address", required=True, metavar="ADDR",
+                    help=f"where the nodes reach the array: IP (port {labstate.ARRAY_PORT}) "
+                    "or tcp:HOST:PORT")  # fmt: skip
+    rd.add_argument("--node", action="append", required=True, metavar="NAME=ADDR",
+                    help=f"a node and where its peers reach it: IP (port {labstate.PEER_PORT}) "
+                    "or tcp:HOST:PORT; repeat in priority order (the first is preferred "
+                    "as the active)")  # fmt: skip
+    rd.add_argument("--pairs", type=int, default=1,
+                    help="pairs in the replica group labvg (default 1)")  # fmt: skip
+    rd.add_argument("--reflection", choices=REFLECTION_MODES, default="eager",
+                    help="the nodes' S-VOL consistency protocol (default eager)")  # fmt: skip
+    rd.add_argument("--heartbeat-interval", type=float, default=0.5, metavar="SECONDS",
+                    help="default 0.5, as `lab up`")  # fmt: skip
+    rd.add_argument("--heartbeat-misses", type=int, default=3, metavar="N",
+                    help="default 3, as `lab up`")  # fmt: skip
+    rd.add_argument("--keys-from", metavar="DIR",
+                    help="use the keys DIR/cluster.key and DIR/NODE.key (all must exist) "
+                    "instead of making new ones")  # fmt: skip
+    rd.add_argument("--member", metavar="NAME",
+                    help="keep only the files this machine needs: 'array' (hosts.toml, "
+                    "the nodes' keys) or a node (its directory, its key, the cluster "
+                    "key)")  # fmt: skip

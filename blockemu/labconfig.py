@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from formats.errors import FormatError
+from formats.hosts_config import read_key_file
 from formats.units import format_ldev
 
 HOOK_SCRIPT = """#!/bin/sh
@@ -106,9 +109,18 @@ def _ldev_ranges(ldevs: list[int]) -> str:
 
 def write_layout(layout: LabLayout) -> LabLayout:
     """Write every file of *layout* (new keys each time) and return it with its keys."""
+    return write_layout_keys(layout, {name: _key() for name in lab_key_names(layout)})
+
+
+def write_layout_keys(layout: LabLayout, keys: Mapping[str, bytes]) -> LabLayout:
+    """Write every file of *layout* with the given *keys* (one per :func:`lab_key_names`),
+    e.g. keys made once for several machines that each render the same lab."""
+    missing = [name for name in lab_key_names(layout) if name not in keys]
+    if missing:
+        raise ValueError(f"no key for {', '.join(missing)}")
     d = layout.directory
     (d / "keys").mkdir(parents=True, exist_ok=True)
-    layout.keys = {"cluster": _key(), **{n.id: _key() for n in layout.nodes}}
+    layout.keys = {name: keys[name] for name in lab_key_names(layout)}
     for name, key in layout.keys.items():
         path = d / "keys" / f"{name}.key"
         path.write_bytes(key)
@@ -224,3 +236,74 @@ def standard_layout(
         heartbeat_misses=heartbeat_misses,
         reflection=reflection,
     )
+
+
+# -- labs rendered on several machines (Vagrant): shared keys, one member's files ------------
+
+#: The member name of the array in a lab (the nodes are node1..nodeN).
+ARRAY_MEMBER = "array"
+NODE_FILES = ("node.toml", "horcm0.conf", "horcm1.conf", "hooks/start", "hooks/stop")
+
+
+def lab_key_names(layout: LabLayout) -> list[str]:
+    """The keys of a lab: the cluster's (peer messages) and one per node (the array's host
+    groups). Key files are ``keys/NAME.key``."""
+    return ["cluster", *(n.id for n in layout.nodes)]
+
+
+def read_keys(directory: Path, names: Iterable[str]) -> dict[str, bytes]:
+    """The keys ``DIRECTORY/NAME.key`` made elsewhere (e.g. once, on the Vagrant host, for
+    every VM), byte for byte. Raises ValueError naming every missing or unusable file."""
+    keys, problems = {}, []
+    for name in names:
+        path = directory / f"{name}.key"
+        try:
+            read_key_file(path)  # the array's and nodeagent's rules: readable, long enough
+            keys[name] = path.read_bytes()
+        except (FormatError, OSError) as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError(
+            f"{len(problems)} key file(s) missing or unusable in {directory} (every machine of "
+            "a lab must use the same keys; make them once, where all machines read them):\n  "
+            + "\n  ".join(problems)
+        )
+    return keys
+
+
+def member_files(layout: LabLayout, member: str) -> list[Path]:
+    """The files of *layout* (relative to its directory) that one machine of the lab needs:
+    the array its host groups and the nodes' keys; a node its own directory, its array key
+    and the cluster key."""
+    ids = [n.id for n in layout.nodes]
+    if member == ARRAY_MEMBER:
+        return [Path("hosts.toml"), *(Path("keys") / f"{n}.key" for n in ids)]
+    if member not in ids:
+        raise ValueError(f"no member {member!r} in this lab: {ARRAY_MEMBER}, {', '.join(ids)}")
+    return [Path("keys/cluster.key"), Path("keys") / f"{member}.key",
+            *(Path(member) / f for f in NODE_FILES)]  # fmt: skip
+
+
+def all_files(layout: LabLayout) -> list[Path]:
+    """Every file :func:`write_layout` writes (relative to the layout's directory)."""
+    found = [*member_files(layout, ARRAY_MEMBER), Path("keys/cluster.key")]
+    for node in layout.nodes:
+        found += [Path(node.id) / f for f in NODE_FILES]
+    return found
+
+
+def prune_to_member(layout: LabLayout, member: str) -> list[Path]:
+    """Remove the rendered files *member* does not need (only files the generator writes,
+    and then directories left empty); returns what was removed."""
+    keep = set(member_files(layout, member))
+    removed = []
+    for rel in all_files(layout):
+        path = layout.directory / rel
+        if rel not in keep and path.is_file():
+            path.unlink()
+            removed.append(rel)
+    for node in layout.nodes:
+        for empty in (layout.node_dir(node.id) / "hooks", layout.node_dir(node.id)):
+            if node.id != member and empty.is_dir() and not any(empty.iterdir()):
+                empty.rmdir()
+    return removed

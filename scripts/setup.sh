@@ -10,8 +10,12 @@ cd "$(dirname "$0")/.."
 # xfsprogs: reflink copies on an XFS image; iproute2: network-namespace labs;
 # postgresql: the database the labs and tests run through the mounts (pgbench, pg_amcheck).
 APT_PACKAGES="fuse3 libfuse3-dev pkg-config gcc python3-venv util-linux e2fsprogs xfsprogs iproute2 postgresql"
+# vagrant + vagrant-libvirt + shellcheck: the Vagrant lab's offline checks (vagrant validate,
+# shellcheck of its provisioning scripts). Kept apart: vagrant/provision/common.sh installs
+# APT_PACKAGES inside the VMs, which need none of these.
+LAB_TOOLS="vagrant vagrant-libvirt shellcheck"
 missing=()
-for pkg in $APT_PACKAGES; do
+for pkg in $APT_PACKAGES $LAB_TOOLS; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
