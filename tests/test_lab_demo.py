@@ -8,8 +8,10 @@ patent's Fig. 2) while the P-VOL database is fine. Each run leaves nothing behin
 
 from __future__ import annotations
 
-import subprocess
+import shutil
+import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +31,16 @@ def _nothing_left(directory: Path) -> None:
 
 
 @pytest.fixture
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def base() -> Iterator[Path]:
     require_privileged("network namespaces, FUSE mounts, loop devices")
     # /var/tmp-like permissions: the postgres user walks into the mounts.
-    path = Path(subprocess.check_output(["mktemp", "-d", "/var/tmp/be-demo-XXXXXX"], text=True)
-                .strip())  # fmt: skip
+    path = Path(tempfile.mkdtemp(prefix="be-demo-", dir="/var/tmp"))
     path.chmod(0o755)
-    return path
+    try:
+        yield path
+    finally:
+        if not labproc.mounts_under(str(path.resolve())):  # never reach into a mount
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("policy", ["eager", "lazy", "off"])
