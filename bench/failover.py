@@ -242,6 +242,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def terminate_pid(pid: int) -> None:
+    """SIGTERM a process we did not start as a child (no Popen to wait on), wait up to
+    STOP_TIMEOUT for it to go, then SIGKILL."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(POLL)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether *pid* is a live process (a zombie is not)."""
     try:
@@ -545,12 +556,7 @@ def teardown(cluster: Cluster | None, daemons: list[Daemon], workdir: Path) -> N
             for pid in node.attach_pids:
                 if pid_alive(pid) and is_attach_of(pid, node.view):
                     progress.print(f"[yellow]attach child {pid} of {node.id} is left: SIGTERM")
-                    os.kill(pid, signal.SIGTERM)
-                    deadline = time.monotonic() + STOP_TIMEOUT
-                    while pid_alive(pid) and time.monotonic() < deadline:
-                        time.sleep(POLL)
-                    if pid_alive(pid):
-                        os.kill(pid, signal.SIGKILL)
+                    terminate_pid(pid)
     for point in mounts_under(workdir):
         progress.print(f"[yellow]{point} is still mounted: fusermount3 -u -z")
         unmount_fuse(point)

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -125,6 +124,7 @@ from failover import (  # the agents and the array, started the same way as ther
     is_attach_of,
     pid_alive,
     start_array,
+    terminate_pid,
 )
 
 GROUP = "benchvg"  # the replica group (HORCM dev_group) the agents split
@@ -258,12 +258,7 @@ def stop_cluster(nodes: dict[str, Node], daemons: list[Daemon], workdir: Path) -
             if pid_alive(pid) and is_attach_of(pid, n.view)]  # fmt: skip
     for node, pid in left:
         progress.print(f"[yellow]attach child {pid} of {node.id} is left: SIGTERM, then SIGKILL")
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(POLL)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        terminate_pid(pid)
     for point in mounts_under(workdir):
         progress.print(f"[yellow]{point} is still mounted: fusermount3 -u -z")
         unmount_fuse(point)
