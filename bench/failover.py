@@ -712,6 +712,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", default=tempfile.gettempdir(),
                         help="where the scratch directory goes (default %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
+    check_cluster_args(parser, args)
+    return args
+
+
+def check_cluster_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--runs, --interval, --misses and --dir of a benchmark that runs agents."""
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if not (0 < args.interval <= 10):
@@ -719,7 +725,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.misses < 1:
         parser.error("--misses must be at least 1")
     check_dir(parser, args.dir)
-    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -98,7 +98,6 @@ from common import (
     MIB,
     Daemon,
     add_columns,
-    check_dir,
     coloured,
     handle_sigterm,
     load_average,
@@ -120,6 +119,7 @@ from failover import (  # the agents and the array, started the same way as ther
     EventTail,
     Node,
     _statuses,
+    check_cluster_args,
     free_port,
     is_attach_of,
     pid_alive,
@@ -708,13 +708,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", default=tempfile.gettempdir(),
                         help="where the scratch directory goes (default %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    if not (0 < args.interval <= 10):
-        parser.error("--interval must be in (0, 10] seconds")
-    if args.misses < 1:
-        parser.error("--misses must be at least 1")
-    check_dir(parser, args.dir)
+    check_cluster_args(parser, args)
     args.standbys = args.standbys or (QUICK_STANDBYS if args.quick else STANDBYS)
     args.pairs = args.pairs or (QUICK_PAIRS if args.quick else PAIRS)
     return args
