@@ -131,6 +131,8 @@ class ProtocolDriver:
         self._nursery: trio.Nursery | None = None
         self._pause_at = {x.strip() for x in os.environ.get(PAUSE_ENV, "").split(",") if x.strip()}
         self._kind = ""  # the kind of the round being handled, for pause-point names
+        #: Standbys that went down during the request round being answered.
+        self._dropped: set[str] = set()
         #: Requests refused as busy (D1), asked again when the node is idle.
         self._queued: deque[_Fed] = deque()
 
@@ -234,7 +236,7 @@ class ProtocolDriver:
             await self._handle_one(self._queued.popleft())
 
     async def _handle_one(self, fed: _Fed) -> None:
-        before = self.node.volatile.round
+        before, live_before = self.node.volatile.round, self.node.volatile.live
         actions = self.node.handle(fed.event)
         # The kind of round these actions belong to (the one that just ended, if it did).
         current = self.node.volatile.round or before
@@ -253,8 +255,14 @@ class ProtocolDriver:
                 self._event("reply", ok=replies[0].ok, detail=replies[0].detail)
             else:  # accepted: answered at the end of its round (--no-wait: nobody waits)
                 self._round_waiter = fed.waiter
+                self._dropped = set()
                 self._tell(fed.waiter, f"accepted: {fed.event.op.name.lower()} of "
                            f"{fed.event.group!r}; Stage X: telling the standbys")  # fmt: skip
+        elif isinstance(fed.event, p.PeerDown) and before is not None and before.kind is p.Kind.TXN:
+            if fed.event.node in live_before:
+                self._dropped.add(fed.event.node)
+                self._tell(self._round_waiter, f"{fed.event.node} went down: dropped from the "
+                           "round; it is reflected when it rejoins")  # fmt: skip
         elif (
             isinstance(fed.event, p.MessageIn)
             and fed.event.type is p.MsgType.REFLECTED
@@ -332,6 +340,11 @@ class ProtocolDriver:
         os.kill(os.getpid(), signal.SIGSTOP)
 
     def _resolve(self, reply: p.Reply) -> None:
+        if self._dropped:
+            names = ", ".join(sorted(self._dropped))
+            reply = replace(reply, detail=f"{reply.detail}; {names} went down during the "
+                            "round and will be reflected when rejoining")  # fmt: skip
+            self._dropped = set()
         waiter, self._round_waiter = self._round_waiter, None
         if waiter is not None:
             waiter.resolve(reply)

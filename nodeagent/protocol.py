@@ -231,7 +231,8 @@ D13. One call at a time. If a call is due while one is outstanding (a DONE
 
 D14. A standby whose reflection fails stays at B2 and answers REFLECTED with
     ok false; the active sends DONE again up to :data:`MAX_REFLECT_TRIES`
-    times, then stops waiting for it (logged). Its flag stays B2, so the
+    times, then stops waiting for it (logged), and the request's Reply is
+    ok false naming it (the array did the work; that node is stale). Its flag stays B2, so the
     next heartbeat starts a JOIN round for it again: it is retried at
     heartbeat pace and never counted as consistent. The runtime should fence
     a standby that stays there.
@@ -1001,10 +1002,18 @@ class ProtocolNode:
 
     def _reply(self, r: Round) -> Reply:
         what = f"{r.op.name.lower()} of {r.group!r}"
+        stale = sorted(node for node, tries in r.tries if tries >= MAX_REFLECT_TRIES)
         if r.error:
             return Reply(
                 False,
                 f"{what} failed: {r.error}; every live node's view now shows the array as it is",
+            )
+        if stale:  # D14: the array did it, but these live nodes could not follow
+            names = ", ".join(stale)
+            return Reply(
+                False,
+                f"{what} done on the array, but {names} could not reflect it (D14): "
+                "their views are stale until they reflect again",
             )
         return Reply(True, f"{what} done; every live node's view is consistent")
 

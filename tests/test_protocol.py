@@ -391,7 +391,9 @@ def test_reflection_failure_retried_then_given_up() -> None:
         assert sends(a.handle(msg("b", MsgType.REFLECTED, failed)), MsgType.DONE) == ["b"]
     out = quiet(a.handle(msg("b", MsgType.REFLECTED, failed)))
     assert sends(out, MsgType.DONE) == [] and a.state.flag is F.ZERO
-    assert isinstance(out[-1], Reply) and out[-1].ok  # the array side succeeded (D14: logged)
+    # The array side succeeded, but the requester learns which live node is stale (D14).
+    assert isinstance(out[-1], Reply) and not out[-1].ok
+    assert "done on the array, but b could not reflect it" in out[-1].detail
 
 
 # ---------------------------------------------------------------------------

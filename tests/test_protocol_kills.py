@@ -175,12 +175,28 @@ def _scenario(cluster: Cluster, op: str, point: str) -> None:
     target = cluster.agents["node1" if point.startswith("active") else "node2"]
     armed = target.cli("pause-at", point)
     assert armed.returncode == 0, armed.stderr
-    submitted = cluster.agents["node1"].cli(op, "appvg", "--no-wait")
-    assert submitted.returncode == 0, submitted.stderr
-    _wait_pause(cluster, target, point)
-    target.kill()
+    node1 = cluster.agents["node1"]
+    # The requester waits for the round (it dies with node1 when node1 is the target).
+    requester = subprocess.Popen(
+        [sys.executable, "-m", "nodeagent", op, "appvg", "--config", str(node1.config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_pause(cluster, target, point)
+        target.kill()
+        out, err = requester.communicate(timeout=90)
+    finally:
+        if requester.poll() is None:
+            requester.kill()
+            requester.wait()
     if target.name == "node1":
+        assert requester.returncode != 0  # its connection died with the active
         cluster.wait(lambda: cluster.active() == ["node2"], "node2 takes over")
+    else:  # the round went on without node2, and said so
+        assert requester.returncode == 0, err
+        assert f"{op} of 'appvg' done" in out
+        if point not in ("standby:persist:0",):
+            assert "node2 went down" in out, out
     _settle(cluster)
     _restart_and_join(cluster, target)
     _check_invariants(cluster, op)
