@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -431,6 +432,12 @@ def print_notes(console: Console, notes: Iterable[str]) -> None:
 def format_rate(value: float, unit: str) -> str:
     """MiB/s with one decimal, anything else (IOPS) whole."""
     return f"{value:,.1f}" if unit == "MiB/s" else f"{value:,.0f}"
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def ratio(top: float, bottom: float) -> float:

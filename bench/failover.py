@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import signal
@@ -100,6 +99,7 @@ from common import (
     load_text,
     machine_text,
     mounts_under,
+    percentile,
     print_notes,
     progress,
     report_console,
@@ -598,12 +598,6 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[Results, LabLayout
 
 
 # -- reporting --------------------------------------------------------------------------
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def verdict(ok: bool) -> str:

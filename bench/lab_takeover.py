@@ -37,6 +37,7 @@ from common import (
     load_average,
     load_text,
     machine_text,
+    percentile,
     print_json,
     ratio,
     report_console,
@@ -44,9 +45,10 @@ from common import (
 from rich.table import Table
 
 from blockemu import lab, labnode, netns
-from blockemu.hostbuffer import HostBuffer
 from blockemu.hostdisk import MountedDisk
 from blockemu.labconfig import LAB_PVOL_BASE
+from blockemu.labdemo import device_of
+from blockemu.labrun import wait_for
 from blockemu.labstate import LabOptions, LabState
 from blockemu.workloads import (
     Postgres,
@@ -59,14 +61,6 @@ from blockemu.workloads import (
 SUBNET = "10.213.251.0/24"
 
 
-def _wait(what: str, predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def _active(directory: Path) -> str | None:
     nodes = lab.status(directory)["nodes"]
     ready = [n for n, v in nodes.items() if v["role"] == "active" and v["flag"] == "0"
@@ -75,15 +69,10 @@ def _active(directory: Path) -> str | None:
 
 
 def _pvol_device(state: LabState, node: str) -> Path:
-    entry = HostBuffer.load(state.buffer(node), node).by_ldev(LAB_PVOL_BASE)
-    if entry is None:
+    device = device_of(state, node, LAB_PVOL_BASE)
+    if device is None:
         raise RuntimeError(f"{node}'s buffer has no P-VOL")
-    return state.view(node) / entry.device
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return device
 
 
 def takeover_runs(state: LabState, runs: int, say: Any) -> tuple[list[float], list[float]]:
@@ -94,7 +83,7 @@ def takeover_runs(state: LabState, runs: int, say: Any) -> tuple[list[float], li
     for run in range(1, runs + 1):
         node = _active(directory)
         if node is None:
-            _wait("one active node", lambda: _active(directory) is not None)
+            wait_for("one active node", lambda: _active(directory) is not None, 60)
             node = _active(directory)
         assert node is not None
         other = next(n for n in state.nodes if n != node)
@@ -105,11 +94,11 @@ def takeover_runs(state: LabState, runs: int, say: Any) -> tuple[list[float], li
             sys.executable, "-m", "blockemu.workloads", "sqlite-load", str(mnt / "app.db"),
             str(ledger), "--pause", "0.005"]))  # fmt: skip
         goal = ledger_batches(ledger) + 10
-        _wait("10 committed batches", lambda goal=goal: ledger_batches(ledger) >= goal)
+        wait_for("10 committed batches", lambda goal=goal: ledger_batches(ledger) >= goal, 60)
         t0 = time.monotonic()
         labnode.kill_node(directory, node, out=lambda line: None)
         writer.wait(10)
-        _wait(f"{other} active", lambda other=other: _active(directory) == other)
+        wait_for(f"{other} active", lambda other=other: _active(directory) == other, 60)
         t_active = time.monotonic() - t0
         mnt2 = state.node_dir(other) / "mnt"
         disk = MountedDisk.attach(_pvol_device(state, other), mnt2)
@@ -124,9 +113,9 @@ def takeover_runs(state: LabState, runs: int, say: Any) -> tuple[list[float], li
         say(f"run {run}: {node} killed; {other} active after {t_active:.2f}s, "
             f"database answering after {t_answer:.2f}s ({check.rows} rows)")  # fmt: skip
         labnode.start_node(directory, node, out=lambda line: None)
-        _wait("the cluster to settle", lambda: all(
+        wait_for("the cluster to settle", lambda: all(
             v["role"] in ("active", "standby") and v["flag"] == "0" and v["mounted"]
-            for v in lab.status(directory)["nodes"].values()))  # fmt: skip
+            for v in lab.status(directory)["nodes"].values()), 60)  # fmt: skip
     return active_times, answer_times
 
 
@@ -198,10 +187,10 @@ def main() -> int:
     load1 = load_average()
     result = {
         "runs": args.runs,
-        "kill_to_active": {"p50": percentile(active, 0.5), "p99": percentile(active, 0.99),
+        "kill_to_active": {"p50": percentile(active, 50), "p99": percentile(active, 99),
                            "max": max(active), "mean": statistics.mean(active)},
-        "kill_to_db_answering": {"p50": percentile(answer, 0.5),
-                                 "p99": percentile(answer, 0.99), "max": max(answer),
+        "kill_to_db_answering": {"p50": percentile(answer, 50),
+                                 "p99": percentile(answer, 99), "max": max(answer),
                                  "mean": statistics.mean(answer)},
         **rates,
         "load": [load0, load1],

@@ -12,11 +12,12 @@ is left behind.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from .labproc import is_mounted
 
 
 class DiskError(RuntimeError):
@@ -28,12 +29,6 @@ def _run(*cmd: str) -> str:
     if proc.returncode != 0:
         raise DiskError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout
-
-
-def is_mounted(path: str | os.PathLike[str]) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == target for line in f)
 
 
 @dataclass
@@ -82,17 +77,3 @@ def detach(loop: str, mountpoint: str | os.PathLike[str]) -> None:
     if is_mounted(mountpoint) and subprocess.run(umount, capture_output=True).returncode != 0:
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
     subprocess.run(["losetup", "-d", loop], capture_output=True)
-
-
-def loops_backed_under(directory: str | os.PathLike[str]) -> list[str]:
-    """Loop devices whose backing file lies under *directory* (what a cleanup must free)."""
-    root = os.path.realpath(directory)
-    proc = subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return []
-    found = []
-    for dev in json.loads(proc.stdout).get("loopdevices", []):
-        backing = (dev.get("back-file") or "").removesuffix(" (deleted)")
-        if backing == root or backing.startswith(root + os.sep):
-            found.append(str(dev["name"]))
-    return found

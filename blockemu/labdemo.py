@@ -43,6 +43,7 @@ from . import lab, labnode, netns
 from .hostbuffer import HostBuffer
 from .hostdisk import DiskError, MountedDisk
 from .labconfig import LAB_GROUP, LAB_PVOL_BASE, LAB_SVOL_BASE
+from .labrun import wait_for
 from .labstate import LabOptions, LabState
 from .timeline import Lane, lane_from_events, write_svg
 from .workloads import (
@@ -107,14 +108,6 @@ def _nodeagent(state: LabState, node: str, *args: str, say: Out | None = None) -
         raise RuntimeError(f"nodeagent {' '.join(args)} on {node} failed: {err.strip()}")
 
 
-def _wait(what: str, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def _node(directory: Path, node: str) -> dict[str, Any]:
     return dict(lab.status(directory)["nodes"][node])
 
@@ -124,7 +117,8 @@ def _all_idle(directory: Path) -> bool:
     return all(n["role"] in ("active", "standby") and n["flag"] == "0" for n in nodes)
 
 
-def _device(state: LabState, node: str, ldev: int) -> Path | None:
+def device_of(state: LabState, node: str, ldev: int) -> Path | None:
+    """The device file of *ldev* in *node*'s host view, per its buffer (None: not there)."""
     entry = HostBuffer.load(state.buffer(node), node).by_ldev(ldev)
     return state.view(node) / entry.device if entry else None
 
@@ -154,10 +148,10 @@ def run_policy(base: Path, policy: str, db: str, out: Out) -> RunResult:
     markers: list[tuple[float, str]] = []
     t_kill: float | None = None
     try:
-        _wait("node1 active, every flag 0", lambda: _all_idle(directory))
+        wait_for("node1 active, every flag 0", lambda: _all_idle(directory), 60)
         say("node1: resync the group for today (nodeagent resync)")
         _nodeagent(state, "node1", "resync", LAB_GROUP, "--quiet")
-        _wait("every flag 0", lambda: _all_idle(directory))
+        wait_for("every flag 0", lambda: _all_idle(directory), 60)
         pvols = [LAB_PVOL_BASE + i for i in range(pairs)]
         svols = [LAB_SVOL_BASE + i for i in range(pairs)]
         node1_ns = netns.nsenter_argv(state.topology().ns("node1"), [])
@@ -165,7 +159,7 @@ def run_policy(base: Path, policy: str, db: str, out: Out) -> RunResult:
         say("node1: ext4 on the P-VOL(s) through its host view (losetup --direct-io=on)")
         names = ["data", "wal"][:pairs]
         for ldev, name in zip(pvols, names, strict=True):
-            dev = _device(state, "node1", ldev)
+            dev = device_of(state, "node1", ldev)
             if dev is None:
                 raise RuntimeError(f"node1's buffer has no P-VOL {ldev:#x}")
             disks.append(MountedDisk.attach(dev, mnt1 / name, mkfs=True, label=name))
@@ -187,7 +181,7 @@ def run_policy(base: Path, policy: str, db: str, out: Out) -> RunResult:
                     "0.01",
                 ]
             )
-            _wait("20 committed batches", lambda: ledger_batches(ledger) >= 20)
+            wait_for("20 committed batches", lambda: ledger_batches(ledger) >= 20, 60)
         else:
             say("node1: PostgreSQL, data and WAL on two volumes of one consistency group")
             pg = Postgres(
@@ -228,7 +222,7 @@ def run_policy(base: Path, policy: str, db: str, out: Out) -> RunResult:
             n = _node(directory, "node2")
             return n["role"] == "active" and n["flag"] == "0" and n["mounted"]
 
-        _wait("node2 to take over and finish its recovery", node2_ready)
+        wait_for("node2 to take over and finish its recovery", node2_ready, 60)
         result.takeover = time.monotonic() - killed_at
         markers.append((time.time(), "node2 active"))
         say(f"node2 is active {result.takeover:.2f}s after the crash")
@@ -246,7 +240,7 @@ def run_policy(base: Path, policy: str, db: str, out: Out) -> RunResult:
         if usable != EXPECT_SVOL_USABLE[policy]:
             expected = "usable" if EXPECT_SVOL_USABLE[policy] else "EIO"
             result.failures.append(f"S-VOL on node2: {result.svol} (expected {expected})")
-    except (RuntimeError, TimeoutError, OSError, DiskError, PostgresError, lab.LabError) as exc:
+    except (RuntimeError, OSError, DiskError, PostgresError, lab.LabError) as exc:
         result.failures.append(f"{type(exc).__name__}: {exc}")
         say(f"FAILED: {exc}")
     finally:
@@ -276,7 +270,7 @@ def _check_backup(
     """node2 mounts the backup S-VOL(s) and checks the database in them."""
     say("node2: mount tonight's backup (the S-VOLs) and check the database in it")
     for ldev in svols:
-        dev = _device(state, "node2", ldev)
+        dev = device_of(state, "node2", ldev)
         if dev is None:
             say(f"    S-VOL {ldev:#06x} is not in node2's buffer")
             return "not in node2's view", None
@@ -295,7 +289,7 @@ def _check_backup(
             )
             return "EIO (stale identity)", None
     backup = [
-        MountedDisk.attach(_device(state, "node2", ldev) or Path(), mnt2 / f"backup-{n}")
+        MountedDisk.attach(device_of(state, "node2", ldev) or Path(), mnt2 / f"backup-{n}")
         for ldev, n in zip(svols, names, strict=True)
     ]
     disks.extend(backup)
@@ -331,7 +325,7 @@ def _resume_primary(
     """node2 mounts the P-VOL(s), checks the database, and resumes it."""
     say("node2: mount the P-VOL(s), check the database, resume it")
     for ldev, name in zip(pvols, names, strict=True):
-        dev = _device(state, "node2", ldev)
+        dev = device_of(state, "node2", ldev)
         if dev is None:
             return Check(False, 0, f"P-VOL {ldev:#06x} is not in node2's buffer")
         disks.append(MountedDisk.attach(dev, mnt2 / name))

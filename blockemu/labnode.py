@@ -20,7 +20,6 @@ from .labrun import (
     agent_statuses,
     check_agents,
     live_attach,
-    mounted,
     start_agent,
     wait_for,
     wait_view,
@@ -98,7 +97,7 @@ def stop_agent(directory: Path, node: str, out: Out = print, timeout: float = 20
         if left:
             labproc.kill(left)
             out(f"{node}'s agent did not stop in {timeout:.0f}s: killed")
-        if mounted(state.view(node)) and live_attach(state, node) is None:
+        if labproc.is_mounted(state.view(node)) and live_attach(state, node) is None:
             released += labproc.release_storage(str(state.view(node)))
     out(f"stopped {node}'s agent (pid {agent.pid})")
     for line in released:
@@ -112,7 +111,7 @@ def start_node(directory: Path, node: str, out: Out = print, *, timeout: float =
         agent = state.latest("agent", node)
         if agent is not None and labproc.is_alive(agent):
             raise LabError(f"{node}'s agent is already running (pid {agent.pid})")
-        if mounted(state.view(node)) and live_attach(state, node) is None:
+        if labproc.is_mounted(state.view(node)) and live_attach(state, node) is None:
             labproc.release_storage(str(state.view(node)))
         proc = start_agent(state, node)
 

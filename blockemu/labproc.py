@@ -188,6 +188,11 @@ def mounts() -> list[tuple[str, str, str]]:
     return found_mounts
 
 
+def is_mounted(path: str | os.PathLike[str]) -> bool:
+    """From mountinfo, not stat: a dead FUSE mount is still a mount (and stat would fail)."""
+    return os.path.realpath(path) in {m for m, _, _ in mounts()}
+
+
 def mounts_under(root: str) -> list[str]:
     """Mountpoints at or below *root*, deepest (last mounted) first."""
     return [m for m, _, _ in reversed(mounts()) if under(m, root)]

@@ -54,7 +54,10 @@ def spawn(state: LabState, member: str, argv: Sequence[str], log: Path, role: st
 
 
 def wait_for(
-    what: str, until: Callable[[], bool], timeout: float, check: Callable[[], None]
+    what: str,
+    until: Callable[[], bool],
+    timeout: float,
+    check: Callable[[], None] = lambda: None,
 ) -> None:
     """Poll *until* (0.05 s apart); *check* raises if waiting is pointless (a process died)."""
     deadline = time.monotonic() + timeout
@@ -81,11 +84,6 @@ def check_agents(state: LabState, nodes: Sequence[str]) -> None:
         if agent is None or not labproc.is_alive(agent):
             log = state.node_dir(node) / "agent.log"
             raise LabError(f"{node}'s agent exited; {log}:\n    {tail(log)}")
-
-
-def mounted(path: Path) -> bool:
-    """From mountinfo, not stat: a dead FUSE mount is still a mount (and stat would fail)."""
-    return str(path) in {m for m, _, _ in labproc.mounts()}
 
 
 def attach_pids(events: Path) -> list[int]:
@@ -121,7 +119,7 @@ def wait_view(state: LabState, node: str, timeout: float) -> Proc:
 
     def ready() -> bool:
         proc = live_attach(state, node)
-        if proc is None or not mounted(state.view(node)):
+        if proc is None or not labproc.is_mounted(state.view(node)):
             return False
         found.append(proc)
         return True

@@ -17,11 +17,15 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 from hypothesis import settings
 
 from blockemu.address import Address, parse_address
+from blockemu.client import ArrayClient
+from formats.wire import Op
 
 REQUIRE_PRIVILEGED = os.environ.get("BLOCKEMU_REQUIRE_PRIVILEGED") == "1"
 
@@ -150,3 +154,11 @@ def array(tmp_path: Path, short_dir: Path) -> Iterator[ArrayProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+async def split_and_wait(admin: ArrayClient, selector: dict[str, Any]) -> None:
+    """Split the pairs *selector* names on the array directly and wait until all are PSUS."""
+    await admin.pair_command(Op.PAIR_SPLIT, selector)
+    with trio.fail_after(60):
+        while any(r["status"] != "PSUS" for r in await admin.pair_display(selector)):
+            await trio.sleep(0.02)

@@ -27,7 +27,6 @@ from blockemu.client import open_client
 from blockemu.hostbuffer import HostBuffer
 from formats.state_file import NodeRole
 from formats.volume_header import VolumeHeader
-from formats.wire import Op
 
 from .clusterkit import (
     Cluster,
@@ -39,7 +38,7 @@ from .clusterkit import (
     state,
     svol_entry,
 )
-from .conftest import ArrayProcess, require_privileged
+from .conftest import ArrayProcess, require_privileged, split_and_wait
 
 pytestmark = pytest.mark.root
 
@@ -48,10 +47,7 @@ SVOL = 0x11
 
 async def _split_on_the_array(array: ArrayProcess) -> None:
     async with open_client(array.unix) as admin:
-        await admin.pair_command(Op.PAIR_SPLIT, {"svol": "00:11"})
-        with trio.fail_after(30):
-            while (await admin.pair_display({"svol": "00:11"}))[0]["status"] != "PSUS":
-                await trio.sleep(0.05)
+        await split_and_wait(admin, {"svol": "00:11"})
 
 
 async def _show(array: ArrayProcess, ldev: int) -> VolumeHeader:

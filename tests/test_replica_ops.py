@@ -16,7 +16,7 @@ from formats.state_file import ReplicaOp
 from formats.wire import Op
 from nodeagent.replica import ReplicaOps
 
-from .conftest import ArrayProcess
+from .conftest import ArrayProcess, split_and_wait
 
 MiB = 1 << 20
 PAIRS = [PairDef("db", "data", 0x10, 0x11, 0, 1), PairDef("db", "wal", 0x20, 0x21, 0, 1)]
@@ -94,10 +94,7 @@ async def test_drift_is_seen_and_reflect_runs_nothing(array: ArrayProcess, tmp_p
         ops = ReplicaOps(conn, buffer, PAIRS)
         assert await ops.drifted() == []  # paired, hidden, not in the buffer: consistent
         async with open_client(array.unix) as admin:
-            await admin.pair_command(Op.PAIR_SPLIT, {"svol": "00:21"})
-            with trio.fail_after(30):
-                while (await admin.pair_display({"svol": "00:21"}))[0]["status"] != "PSUS":
-                    await trio.sleep(0.02)
+            await split_and_wait(admin, {"svol": "00:21"})
         assert await ops.drifted() == ["db"]
         before = await conn.call(lambda c: c.pair_display())
         ok, what = await ops.run_replica(ReplicaOp.REFLECT, "db")

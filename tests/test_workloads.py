@@ -17,7 +17,8 @@ import pytest
 import trio
 
 from blockemu.client import open_client
-from blockemu.hostdisk import MountedDisk, is_mounted, loops_backed_under
+from blockemu.hostdisk import MountedDisk
+from blockemu.labproc import is_mounted, loops_under
 from blockemu.workloads import (
     BATCH,
     Postgres,
@@ -26,9 +27,8 @@ from blockemu.workloads import (
     sqlite_verify,
     sqlite_write,
 )
-from formats.wire import Op
 
-from .conftest import REQUIRE_PRIVILEGED, ArrayProcess, require_privileged
+from .conftest import REQUIRE_PRIVILEGED, ArrayProcess, require_privileged, split_and_wait
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -74,7 +74,7 @@ def rig(tmp_path: Path, short_dir: Path) -> Iterator[Rig]:
         array.stop()
         if not any(is_mounted(d.mountpoint) for d in r.disks):
             shutil.rmtree(work, ignore_errors=True)
-        assert not loops_backed_under(view)
+        assert not loops_under(str(view.resolve()))
         assert not any(is_mounted(d.mountpoint) for d in r.disks)
 
 
@@ -89,13 +89,6 @@ async def _volumes(admin, pairs, group):  # type: ignore[no-untyped-def]
             await trio.sleep(0.05)
 
 
-async def _split(admin, group):  # type: ignore[no-untyped-def]
-    await admin.pair_command(Op.PAIR_SPLIT, {"group": group})
-    with trio.fail_after(60):
-        while any(r["status"] != "PSUS" for r in await admin.pair_display({"group": group})):
-            await trio.sleep(0.05)
-
-
 def test_sqlite_on_ext4_split_during_the_load(rig: Rig) -> None:
     rig.call(_volumes, [(0x30, 0x31)], 1)
     pvol = rig.disk("00:30", "p", mkfs=True)
@@ -107,7 +100,7 @@ def test_sqlite_on_ext4_split_during_the_load(rig: Rig) -> None:
         while ledger_batches(ledger) < 20:
             assert writer.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        rig.call(_split, 1)  # the backup, while transactions commit
+        rig.call(split_and_wait, {"group": 1})  # the backup, while transactions commit
         acknowledged_at_split = ledger_batches(ledger)
         time.sleep(0.3)
     finally:
@@ -143,7 +136,7 @@ def test_postgres_data_and_wal_in_one_consistency_group(rig: Rig) -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.5)
-        rig.call(_split, 2)  # data and WAL at one instant, while pgbench runs
+        rig.call(split_and_wait, {"group": 2})  # data and WAL at one instant, while pgbench runs
         assert load.wait(60) == 0
         primary = pg.verify()
         assert primary.ok and primary.rows > 0, primary.detail
