@@ -22,8 +22,8 @@ failed ``up``, or already partly gone; a failed ``up`` calls ``down`` itself.
 Processes are started with ``nsenter --net`` only, so their FUSE mounts are
 in the host's mount namespace: the host sees ``DIR/NODE/view/hdisk0`` and can
 ``losetup`` it. The CLI side (status, kill, ...) talks to the lab only through
-unix sockets in DIR and by PID; the lab imports nothing from nodeagent and
-drives it through its commands (``nodeagent run``, ``nodeagent status``).
+unix sockets in DIR and by PID; it starts agents with ``nodeagent run`` and
+asks them over their control sockets (``nodeagent.agent.control_request``).
 
 Node actions (kill, stop, start, partition, heal, exec) are in
 :mod:`blockemu.labnode`; the state file in :mod:`blockemu.labstate`.

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from . import labproc, netns
 from .labproc import Proc
 from .labstate import LabError, LabState
@@ -134,27 +136,33 @@ def wait_view(state: LabState, node: str, timeout: float) -> Proc:
 
 
 def agent_statuses(state: LabState, nodes: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """`nodeagent status --json` of each node, asked in parallel over its control socket.
+    """Each node agent's status, asked in parallel over its control socket from this
+    process (what `nodeagent status --json` prints; a `nodeagent` process per node per
+    poll would cost a Python start-up each, and the demo and benchmarks poll this).
 
     A node that does not answer gets ``{"error": ...}``.
     """
-    running = {
-        n: subprocess.Popen(python("-m", "nodeagent", "status", "--json", "--config",
-                                    str(state.node_config(n))),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for n in nodes
-    }  # fmt: skip
+    from formats.node_config import ConfigError, load_node_config
+    from nodeagent.agent import control_path, control_request
+
     answers: dict[str, dict[str, Any]] = {}
-    for node, child in running.items():
+
+    async def ask(node: str) -> None:
         try:
-            stdout, stderr = child.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-            answers[node] = {"error": "nodeagent status timed out"}
-            continue
-        if child.returncode == 0:
-            answers[node] = dict(json.loads(stdout))
-        else:
-            answers[node] = {"error": stderr.strip().removeprefix("nodeagent: ")}
+            config = load_node_config(state.node_config(node))
+        except (ConfigError, OSError) as exc:
+            answers[node] = {"error": f"{state.node_config(node)}: {exc}"}
+            return
+        try:
+            answer = await control_request(config, {"cmd": "status"}, seconds=15)
+            answers[node] = dict(answer["status"])
+        except (OSError, ValueError, KeyError, trio.TooSlowError) as exc:
+            answers[node] = {"error": f"no agent answers on {control_path(config)} ({exc})"}
+
+    async def ask_all() -> None:
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(ask, node)
+
+    trio.run(ask_all)
     return answers
